@@ -1,0 +1,85 @@
+"""Search spaces behind one interface, created by name through a small registry.
+
+The registry is built on demand (no import-time registration side effects) and fails loudly on
+unknown names, listing the ones that exist. ``space_from_dict``/``space_to_dict`` are the form in
+which a space travels inside checkpoint sidecars, latency tables and manifests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from edgenas.errors import SpaceError
+from edgenas.space.arch import Arch
+from edgenas.space.base import LayerSpec, SearchSpace, Subnet
+from edgenas.space.mbv3 import Mbv3Config, Mbv3Space, StageConfig
+from edgenas.space.spos import SposConfig, SposSpace
+
+__all__ = [
+    "Arch",
+    "LayerSpec",
+    "Mbv3Config",
+    "Mbv3Space",
+    "SearchSpace",
+    "SposConfig",
+    "SposSpace",
+    "StageConfig",
+    "Subnet",
+    "create_space",
+    "default_preset",
+    "list_spaces",
+    "space_from_dict",
+    "space_to_dict",
+]
+
+
+def _registry() -> dict[str, tuple[type[SearchSpace], Callable[..., Any]]]:
+    return {"mbv3": (Mbv3Space, Mbv3Config.preset), "spos": (SposSpace, SposConfig.preset)}
+
+
+def list_spaces() -> list[str]:
+    return sorted(_registry())
+
+
+def default_preset(input_hw: tuple[int, int]) -> str:
+    """``imagenet`` for inputs of 112 px and more, else ``small``: keeps the final feature map a few pixels wide."""
+    return "imagenet" if min(input_hw) >= 112 else "small"
+
+
+def create_space(name: str, preset: str = "small", **overrides: Any) -> SearchSpace:
+    """Build a space by registry name from a preset, with config fields overridden by keyword."""
+    registry = _registry()
+    if name not in registry:
+        raise SpaceError(f"unknown search space '{name}'; known: {', '.join(sorted(registry))}")
+    cls, make_config = registry[name]
+    try:
+        return cls(make_config(preset, **overrides))
+    except TypeError as exc:
+        raise SpaceError(f"bad config for space '{name}': {exc}") from None
+
+
+def space_to_dict(space: SearchSpace) -> dict[str, Any]:
+    return {"name": space.name, "version": space.version, "config": space.config_dict(),
+            "hash": space.config_hash()}
+
+
+def space_from_dict(data: dict[str, Any]) -> SearchSpace:
+    """Rebuild a space saved by :func:`space_to_dict`; the stored hash must match the rebuilt one."""
+    try:
+        name, version, config = data["name"], int(data["version"]), dict(data["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpaceError(f"malformed space description: missing {exc}") from None
+    registry = _registry()
+    if name not in registry:
+        raise SpaceError(f"unknown search space '{name}'; known: {', '.join(sorted(registry))}")
+    cls, make_config = registry[name]
+    if version != cls.version:
+        raise SpaceError(f"space '{name}' is version {cls.version} here, the file was made with version {version}")
+    try:
+        space = cls(make_config("small", **config))
+    except TypeError as exc:
+        raise SpaceError(f"bad config for space '{name}': {exc}") from None
+    if "hash" in data and data["hash"] != space.config_hash():
+        raise SpaceError(f"space '{name}' config hash mismatch ({data['hash']} != {space.config_hash()})")
+    return space

@@ -1,0 +1,248 @@
+"""What every search space offers: layers, sampling, mutation, crossover and network builders.
+
+A space is a frozen description (a typed config plus the derived per-layer specs). It builds the
+supernet and standalone subnets from the same block classes, so weights inherited by a subnet are
+the supernet's weights by construction, and it answers shape and MAC questions in closed form,
+which is what the latency table and the FLOPs-bin sampler need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgenas.errors import SpaceError
+from edgenas.space.arch import Arch
+from edgenas.space.blocks import Head, conv_out
+
+__all__ = ["LayerSpec", "SearchSpace", "Subnet"]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One searchable layer: its place, widths, stride and the labels of its choices."""
+
+    index: int
+    stage: int
+    in_channels: int
+    out_channels: int
+    stride: int
+    choices: tuple[str, ...]
+
+
+class SearchSpace(ABC):
+    """Base class of the spaces; subclasses supply the config and the block builders."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.layers: tuple[LayerSpec, ...] = tuple(self._layer_specs())
+
+    # ----- description -------------------------------------------------------------------------
+    @abstractmethod
+    def _layer_specs(self) -> Sequence[LayerSpec]: ...
+
+    @property
+    @abstractmethod
+    def stem_channels(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def stem_stride(self) -> int: ...
+
+    @property
+    def num_choices(self) -> tuple[int, ...]:
+        return tuple(len(layer.choices) for layer in self.layers)
+
+    @property
+    def size(self) -> int:
+        """Number of distinct architectures in the space."""
+        return int(np.prod([float(n) for n in self.num_choices]))
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    def config_hash(self) -> str:
+        """Hash of name, version and config: a latency table or checkpoint built for another space
+        config is detected by comparing it."""
+        blob = json.dumps({"space": self.name, "version": self.version, "config": self.config_dict()},
+                          sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    def labels(self, arch: Arch) -> list[str]:
+        self.validate(arch)
+        return [layer.choices[c] for layer, c in zip(self.layers, arch.choices)]
+
+    def describe(self, arch: Arch) -> str:
+        return " ".join(self.labels(arch))
+
+    # ----- architectures ---------------------------------------------------------------------------
+    def arch(self, choices: Sequence[int]) -> Arch:
+        return self.validate(Arch(self.name, self.version, tuple(int(c) for c in choices)))
+
+    def parse(self, text: str) -> Arch:
+        return self.validate(Arch.from_str(text))
+
+    def validate(self, arch: Arch) -> Arch:
+        if arch.space != self.name or arch.version != self.version:
+            raise SpaceError(
+                f"architecture {arch} belongs to space '{arch.space}@v{arch.version}', "
+                f"not '{self.name}@v{self.version}'"
+            )
+        if len(arch.choices) != len(self.layers):
+            raise SpaceError(
+                f"architecture {arch} has {len(arch.choices)} layers; space {self.name} has {len(self.layers)}"
+            )
+        for layer, c in zip(self.layers, arch.choices):
+            if c >= len(layer.choices):
+                raise SpaceError(
+                    f"architecture {arch}: layer {layer.index} has {len(layer.choices)} choices, got index {c}"
+                )
+        return arch
+
+    def sample(self, rng: np.random.Generator) -> Arch:
+        """Uniform single-path sample: each layer's choice drawn independently and uniformly."""
+        return self.arch([int(rng.integers(n)) for n in self.num_choices])
+
+    def mutate(self, arch: Arch, rng: np.random.Generator, prob: float = 0.1) -> Arch:
+        """Re-draw each layer with probability ``prob``; a re-drawn layer always takes another choice."""
+        self.validate(arch)
+        out = list(arch.choices)
+        for i, n in enumerate(self.num_choices):
+            if n > 1 and rng.random() < prob:
+                new = int(rng.integers(n - 1))
+                out[i] = new + (new >= out[i])
+        return self.arch(out)
+
+    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
+        """Uniform crossover: each layer taken from either parent with equal probability."""
+        self.validate(a)
+        self.validate(b)
+        pick = rng.random(len(self.layers)) < 0.5
+        return self.arch([x if p else y for x, y, p in zip(a.choices, b.choices, pick)])
+
+    def extreme_arch(self, cost: Sequence[Sequence[float]], largest: bool = False) -> Arch:
+        """The cheapest (or dearest) architecture under an additive per-(layer, choice) cost."""
+        pick = np.argmax if largest else np.argmin
+        return self.arch([int(pick(np.asarray(row))) for row in cost])
+
+    def sample_in_range(
+        self, rng: np.random.Generator, cost: Sequence[Sequence[float]], low: float, high: float,
+        base: float = 0.0, max_steps: int = 2000,
+    ) -> Arch:
+        """Draw an architecture whose additive cost ``base + sum(cost[i][c])`` lies in ``[low, high]``.
+
+        Starts from a uniform sample and re-draws random layers towards the interval (a cheaper
+        choice when above, a dearer one when below). Used for FLOPs-bin-uniform sampling, where
+        plain rejection sampling would almost never reach the extreme bins.
+        """
+        cost = [np.asarray(row, dtype=float) for row in cost]
+        choices = [int(rng.integers(len(row))) for row in cost]
+        total = base + sum(row[c] for row, c in zip(cost, choices))
+        for _ in range(max_steps):
+            if low <= total <= high:
+                return self.arch(choices)
+            i = int(rng.integers(len(cost)))
+            row, cur = cost[i], choices[i]
+            options = np.flatnonzero(row < row[cur]) if total > high else np.flatnonzero(row > row[cur])
+            if options.size == 0:
+                continue
+            new = int(rng.choice(options))
+            total += row[new] - row[cur]
+            choices[i] = new
+        raise SpaceError(f"no architecture found with cost in [{low:.4g}, {high:.4g}]")
+
+    def sample_flops_uniform(self, rng: np.random.Generator, input_hw: tuple[int, int], bins: int = 10) -> Arch:
+        """SPOS-style sampling: pick one of ``bins`` equal MAC intervals uniformly, then an
+        architecture inside it, so small and large subnets are drawn equally often."""
+        table = self.macs_table(input_hw)
+        lo = sum(min(row) for row in table)
+        hi = sum(max(row) for row in table)
+        k = int(rng.integers(bins))
+        width = (hi - lo) / bins
+        return self.sample_in_range(rng, table, lo + k * width, lo + (k + 1) * width)
+
+    # ----- shapes and MACs ---------------------------------------------------------------------------
+    def stem_out_hw(self, input_hw: tuple[int, int]) -> tuple[int, int]:
+        return conv_out(input_hw[0], 3, self.stem_stride), conv_out(input_hw[1], 3, self.stem_stride)
+
+    def layer_input_shapes(self, input_hw: tuple[int, int]) -> list[tuple[int, int, int]]:
+        """(C, H, W) entering each searchable layer; the same for every choice of the layer."""
+        shapes, (h, w) = [], self.stem_out_hw(input_hw)
+        for layer in self.layers:
+            shapes.append((layer.in_channels, h, w))
+            h, w = conv_out(h, 3, layer.stride), conv_out(w, 3, layer.stride)
+        return shapes
+
+    def head_input_shape(self, input_hw: tuple[int, int]) -> tuple[int, int, int]:
+        _, h, w = self.layer_input_shapes(input_hw)[-1]
+        last = self.layers[-1]
+        return last.out_channels, conv_out(h, 3, last.stride), conv_out(w, 3, last.stride)
+
+    def macs_table(self, input_hw: tuple[int, int]) -> list[list[int]]:
+        """Closed-form MACs of every (layer, choice) at its input shape."""
+        table = []
+        for layer, (_, h, w) in zip(self.layers, self.layer_input_shapes(input_hw)):
+            table.append([self.build_choice(layer.index, c).macs((h, w)) for c in range(len(layer.choices))])
+        return table
+
+    def fixed_macs(self, input_hw: tuple[int, int], in_channels: int, num_classes: int) -> int:
+        """MACs of the stem and head, which every architecture pays."""
+        stem = self.build_stem(in_channels).macs(input_hw)
+        _, h, w = self.head_input_shape(input_hw)
+        return stem + self.build_head(num_classes).macs((h, w))
+
+    def macs(self, arch: Arch, input_hw: tuple[int, int], in_channels: int, num_classes: int) -> int:
+        table = self.macs_table(input_hw)
+        self.validate(arch)
+        return self.fixed_macs(input_hw, in_channels, num_classes) + sum(
+            row[c] for row, c in zip(table, arch.choices)
+        )
+
+    # ----- builders ------------------------------------------------------------------------------------
+    @abstractmethod
+    def build_stem(self, in_channels: int) -> nn.Module: ...
+
+    @abstractmethod
+    def build_choice(self, layer: int, choice: int) -> nn.Module: ...
+
+    @abstractmethod
+    def build_head(self, num_classes: int) -> Head: ...
+
+    def build_subnet(self, arch: Arch, num_classes: int, in_channels: int) -> Subnet:
+        self.validate(arch)
+        return Subnet(
+            arch,
+            self.build_stem(in_channels),
+            [self.build_choice(i, c) for i, c in enumerate(arch.choices)],
+            self.build_head(num_classes),
+        )
+
+
+class Subnet(nn.Module):
+    """A standalone network: stem, the chosen block of each layer, head. No dynamic ops left.
+
+    Parameter names are the supernet's with the choice index dropped (``layers.3.2.x`` becomes
+    ``layers.3.x``), which is how inherited weights are copied.
+    """
+
+    def __init__(self, arch: Arch, stem: nn.Module, blocks: list[nn.Module], head: nn.Module) -> None:
+        super().__init__()
+        self.arch = arch
+        self.stem = stem
+        self.layers = nn.Sequential(*blocks)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(self.stem(x)))
