@@ -163,6 +163,8 @@ def _train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--val-archs", type=int, default=None, help="Sampled subnets validated after each epoch."),
         click.option("--seed", type=int, default=None),
         click.option("--device", default=None, help="auto, cpu, cuda, cuda:N. [default: auto]"),
+        click.option("--threads", type=int, default=None,
+                     help="CPU threads for torch (1 is fastest on a busy machine). [default: all cores]"),
     ]
     for option in reversed(options):
         fn = option(fn)

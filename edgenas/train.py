@@ -66,6 +66,7 @@ class TrainConfig:
     bn_recal_batches: int = 5
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -81,6 +82,7 @@ class TrainConfig:
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be >= 1"),
             (self.val_archs >= 0 and self.bn_recal_batches >= 0, "val_archs and bn_recal_batches must be >= 0"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.threads is None or self.threads >= 1, "threads must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -129,10 +131,11 @@ def dist_info() -> DistInfo:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but no CUDA device is available")
+    if name in ("auto", "cuda"):
+        # one GPU per rank under torchrun; a bare "cuda" would put every rank on GPU 0
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(name)
 
 
@@ -180,7 +183,8 @@ def _sample(space: SearchSpace, rng: np.random.Generator, cfg: TrainConfig, inpu
 
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
-    d.pop("device")
+    d.pop("device")  # where and how fast it runs does not change what is trained
+    d.pop("threads")
     return d
 
 
@@ -201,13 +205,28 @@ def train_supernet(
     ``history.json`` keeps the per-epoch figures. An existing checkpoint is never overwritten
     unless ``resume`` is set, in which case training continues after its epoch.
     """
-    out_dir = Path(out_dir)
-    ckpt_path = out_dir / CHECKPOINT_NAME
     dist = dist_info()
     device = resolve_device(cfg.device, dist.local_rank)
-    if dist.world_size > 1 and not torch.distributed.is_initialized():
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    owns_group = dist.world_size > 1 and not torch.distributed.is_initialized()
+    if owns_group:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(space, data, cfg, Path(out_dir), dist, device, data_config, resume, on_step, on_epoch)
+    finally:
+        if owns_group:
+            torch.distributed.destroy_process_group()
 
+
+def _train(
+    space: SearchSpace, data: DatasetSplits, cfg: TrainConfig, out_dir: Path, dist: DistInfo,
+    device: torch.device, data_config: DataConfig | None, resume: bool,
+    on_step: Callable[[int, int, int, float], None] | None, on_epoch: Callable[[EpochStats], None] | None,
+) -> TrainResult:
+    ckpt_path = out_dir / CHECKPOINT_NAME
     history: list[EpochStats] = []
     start_epoch = 0
     train_state = None

@@ -48,6 +48,7 @@ class SearchSpace(ABC):
     def __init__(self, config: Any) -> None:
         self.config = config
         self.layers: tuple[LayerSpec, ...] = tuple(self._layer_specs())
+        self._macs_cache: dict[tuple[int, int], tuple[tuple[int, ...], ...]] = {}
 
     # ----- description -------------------------------------------------------------------------
     @abstractmethod
@@ -190,12 +191,16 @@ class SearchSpace(ABC):
         last = self.layers[-1]
         return last.out_channels, conv_out(h, 3, last.stride), conv_out(w, 3, last.stride)
 
-    def macs_table(self, input_hw: tuple[int, int]) -> list[list[int]]:
-        """Closed-form MACs of every (layer, choice) at its input shape."""
-        table = []
-        for layer, (_, h, w) in zip(self.layers, self.layer_input_shapes(input_hw)):
-            table.append([self.build_choice(layer.index, c).macs((h, w)) for c in range(len(layer.choices))])
-        return table
+    def macs_table(self, input_hw: tuple[int, int]) -> tuple[tuple[int, ...], ...]:
+        """Closed-form MACs of every (layer, choice) at its input shape (computed once per size:
+        it builds every block, and samplers ask for it on every draw)."""
+        key = (int(input_hw[0]), int(input_hw[1]))
+        if key not in self._macs_cache:
+            self._macs_cache[key] = tuple(
+                tuple(self.build_choice(layer.index, c).macs((h, w)) for c in range(len(layer.choices)))
+                for layer, (_, h, w) in zip(self.layers, self.layer_input_shapes(key))
+            )
+        return self._macs_cache[key]
 
     def fixed_macs(self, input_hw: tuple[int, int], in_channels: int, num_classes: int) -> int:
         """MACs of the stem and head, which every architecture pays."""
