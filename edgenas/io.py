@@ -74,6 +74,8 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Weights only load failed" in first:
+            first = "it holds pickled objects besides tensors; edgenas never unpickles them"
         raise CheckpointError(
             f"cannot read checkpoint {path}: corrupt or not an edgenas checkpoint ({first[:120]})"
         ) from None

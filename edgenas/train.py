@@ -327,7 +327,7 @@ def _train(
             meta = {"epoch": epoch, "seed": cfg.seed, "train": _comparable(cfg),
                     "data": dataclasses.asdict(data_config) if data_config else {"name": data.name},
                     "history": [dataclasses.asdict(h) for h in history],
-                    "torch": torch.__version__}
+                    "torch": str(torch.__version__)}
             save_checkpoint(ckpt_path, supernet, meta, {"optimizer": optimizer.state_dict()})
             atomic_write_json(out_dir / "history.json", [dataclasses.asdict(h) for h in history])
         if on_epoch is not None and dist.is_main:
