@@ -41,7 +41,7 @@ class _Group(click.Group):
 def cli() -> None:
     """edgenas: hardware-aware NAS that ends in deployable models.
 
-    Stages, in data-flow order: data, space, train.
+    Stages, in data-flow order: data, space, train, eval.
     """
 
 
@@ -267,6 +267,55 @@ class _TrainReporter:
         val = f" | val acc (sampled subnets) {stats.val_mean:.2%}" if stats.val_accuracy else ""
         click.echo(f"epoch {stats.epoch + 1}/{self.epochs} lr {stats.lr:.4f} | train loss {stats.train_loss:.4f} "
                    f"acc {stats.train_accuracy:.2%} | {stats.images_per_s:.0f} img/s{val}", err=True)
+
+
+@cli.command("eval")
+@click.option("--supernet", "ckpt", type=click.Path(dir_okay=False), required=True, help="Supernet checkpoint.")
+@click.option("--arch", "arch_strs", multiple=True, help="Architecture string(s) to score.")
+@click.option("--sample", type=int, default=0, help="Also score N uniformly sampled architectures.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
+@click.option("--data", "data_name", default=None, help="Dataset (default: the one the supernet was trained on).")
+@click.option("--data-root", default=None)
+@click.option("--recal", type=int, default=10, show_default=True, help="Training batches for BN recalibration.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def eval_cmd(ckpt: str, arch_strs: tuple[str, ...], sample: int, seed: int, split: str, data_name: str | None,
+             data_root: str | None, recal: int, device: str, as_json: bool) -> None:
+    """Score architectures of a trained supernet (BN recalibrated) on the test or val split."""
+    import numpy as np
+
+    from edgenas.config import from_mapping
+    from edgenas.data import DataConfig, load_dataset
+    from edgenas.evaluate import score_archs
+    from edgenas.supernet import load_checkpoint
+    from edgenas.train import resolve_device
+
+    supernet, meta, _ = load_checkpoint(ckpt)
+    saved = dict(meta.get("data") or {})
+    if data_name is not None and data_name != saved.get("name"):
+        saved = {"name": data_name}
+    if data_root is not None:
+        saved["root"] = data_root
+    data_cfg = from_mapping(DataConfig, {**saved, "train_limit": None}, where=f"{ckpt}: data")
+    splits = load_dataset(data_cfg)
+    space = supernet.space
+    archs = [space.parse(s) for s in arch_strs]
+    rng = np.random.default_rng(seed)
+    archs += [space.sample(rng) for _ in range(sample)]
+    if not archs:
+        raise EdgenasError("nothing to score: give --arch STR and/or --sample N")
+    scores = score_archs(supernet, archs, splits, split=split, recal=recal,  # type: ignore[arg-type]
+                         device=resolve_device(device))
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(s) for s in scores], indent=2))
+        return
+    for s in scores:
+        click.echo(f"{s.arch}  {split} accuracy {s.accuracy:.2%} on {s.count} images  loss {s.loss:.4f}")
+    accs = [s.accuracy for s in scores]
+    if len(accs) > 1:
+        click.echo(f"mean {np.mean(accs):.2%}  min {min(accs):.2%}  max {max(accs):.2%}  "
+                   f"(chance {1 / splits.num_classes:.0%})")
 
 
 def main() -> None:

@@ -83,3 +83,22 @@ def test_corrupt_checkpoint_on_resume(runner, tmp_path):
     (out / "supernet.pt").write_bytes(b"not a checkpoint")
     res = runner.invoke(cli, ["train", *TINY, "--out", str(out), "--resume"])
     assert res.exit_code == 2 and "corrupt or not an edgenas checkpoint" in res.stderr
+
+
+def test_eval_scores_sampled_and_given_archs(runner, tmp_path):
+    out = tmp_path / "run"
+    assert runner.invoke(cli, ["train", *TINY, "--out", str(out)]).exit_code == 0
+    ckpt = str(out / "supernet.pt")
+    res = runner.invoke(cli, ["eval", "--supernet", ckpt, "--sample", "2", "--split", "test", "--device", "cpu",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    scores = json.loads(res.stdout)
+    assert len(scores) == 2 and all(s["count"] == 359 and 0 <= s["accuracy"] <= 1 for s in scores)
+    arch = scores[0]["arch"]
+    again = runner.invoke(cli, ["eval", "--supernet", ckpt, "--arch", arch, "--split", "test", "--device", "cpu",
+                                "--json"])
+    assert json.loads(again.stdout)[0] == scores[0]  # scoring is deterministic and leaves no trace
+    wrong = runner.invoke(cli, ["eval", "--supernet", ckpt, "--arch", "spos@v1:0-0", "--device", "cpu"])
+    assert wrong.exit_code == 2 and "belongs to space 'spos@v1'" in wrong.stderr
+    none = runner.invoke(cli, ["eval", "--supernet", ckpt])
+    assert none.exit_code == 2 and "nothing to score" in none.stderr
