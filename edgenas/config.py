@@ -72,7 +72,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             return tuple(_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where}: '{key}' must have {len(args)} items, not {len(value)}")
-        return tuple(_coerce(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(_coerce(v, a, f"{key}[{i}]", where) for i, (a, v) in enumerate(zip(args, value)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: '{key}' must be a mapping, not {type(value).__name__}")
