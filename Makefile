@@ -25,8 +25,13 @@ data:
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q dataset-fashion-mnist; \
 	fi
 
+# Until the search/export stages land, the main job trains the supernet and scores sampled subnets
+# on the test split. Rerunning resumes (a finished run is kept, not retrained).
+DEMO := runs/demo
 demo: setup data
-	$(BIN)/edgenas train --space mbv3 --data fashion-mnist --epochs 3 --train-limit 20000 --out runs/demo-train
+	$(BIN)/edgenas train --space mbv3 --width-mult 0.5 --data fashion-mnist --epochs 3 --train-limit 30000 \
+		--out $(DEMO) $$([ -f $(DEMO)/supernet.pt ] && echo --resume)
+	$(BIN)/edgenas eval --supernet $(DEMO)/supernet.pt --sample 5 --split test
 
 lint: setup
 	$(BIN)/ruff check edgenas tests benchmarks
