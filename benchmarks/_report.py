@@ -25,14 +25,10 @@ _KEY = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def _cpu_model() -> str:
-    """The CPU's marketing name; ``platform.processor()`` is often empty or just 'x86_64' on Linux."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+    """One definition of the CPU name for reports and latency tables alike."""
+    from edgenas.hardware.table import cpu_model
+
+    return cpu_model()
 
 
 def machine_info() -> dict[str, Any]:

@@ -253,8 +253,8 @@ class LatencyMeasurer(ABC):
 
     # -- shared machinery --
     def _prepare(self, model: nn.Module, input_shape: tuple[int, int, int, int]) -> _Runner:
-        """Make one model ready to run; runtimes override this."""
-        raise NotImplementedError
+        """Make one model ready to run; runtimes override this (``measure_many`` checks first)."""
+        raise TypeError(f"{type(self).__name__} cannot prepare models for interleaved measurement")
 
     def _scope(self) -> contextlib.AbstractContextManager[Any]:
         """Context around a whole measurement (thread settings); restored afterwards."""

@@ -73,6 +73,7 @@ __all__ = [
     "TableValidation",
     "build_table",
     "check_budgets",
+    "cpu_model",
     "environment_of",
     "environment_warnings",
     "plot_validation",
@@ -216,7 +217,7 @@ class TableValidation:
 
 
 # ----- environment ------------------------------------------------------------------------------------------------
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo (``platform.processor()`` is often empty on Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -244,7 +245,7 @@ def environment_of(profile: Profile) -> dict[str, Any]:
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable,
         "gpu": _gpu_name(profile),
