@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import torch
 
 from edgenas.io import atomic_write_text
 
-__all__ = ["DOC_TITLE", "machine_info", "machine_markdown", "write_section"]
+__all__ = ["DOC_TITLE", "command_line", "machine_info", "machine_markdown", "write_section"]
 
 DOC_TITLE = "# edgenas benchmarks"
 _KEY = re.compile(r"[A-Za-z0-9_.-]+")
@@ -115,3 +117,13 @@ def write_section(path: str | os.PathLike[str], key: str, title: str, body_markd
     if new != text:
         atomic_write_text(path, new)
     return path
+
+
+def command_line() -> str:
+    """The command as typed (interpreter shown relative to the current directory when inside it)."""
+    exe = Path(sys.executable)
+    try:
+        exe = exe.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return shlex.join([str(exe), *sys.argv])

@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import machine_info, machine_markdown, write_section
+from _report import command_line, machine_info, machine_markdown, write_section
 
 from edgenas.hardware.calibration import ErrorFigures, error_figures, fit_calibration
 from edgenas.hardware.measure import create_measurer
@@ -188,15 +187,6 @@ def run_size(args: argparse.Namespace, size: int) -> SizeResult:
 
 
 # ----- report -------------------------------------------------------------------------------------------------
-def _command() -> str:
-    exe = Path(sys.executable)
-    try:
-        exe = exe.relative_to(Path.cwd())
-    except ValueError:
-        pass
-    return shlex.join([str(exe), *sys.argv])
-
-
 def _meets(f: ErrorFigures) -> list[str]:
     """The criteria of the target that ``f`` misses (empty: target met)."""
     misses = []
@@ -236,7 +226,7 @@ def format_report(results: Sequence[SizeResult], args: argparse.Namespace, out: 
         f"Measured {now} with",
         "",
         "```",
-        _command(),
+        command_line(),
         "```",
         "",
         machine_markdown(machine_info()),

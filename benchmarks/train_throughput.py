@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _report import machine_info, machine_markdown, write_section
+from _report import command_line, machine_info, machine_markdown, write_section
 from torch import nn
 
 from edgenas.data import DataConfig, DatasetSplits, iterate_batches, load_dataset
@@ -164,16 +163,6 @@ def measure(settings: Sequence[Setting], work: Workload, repeats: int) -> dict[S
     return samples
 
 
-def _command() -> str:
-    """The command as typed (interpreter shown relative to the current directory when inside it)."""
-    exe = Path(sys.executable)
-    try:
-        exe = exe.relative_to(Path.cwd())
-    except ValueError:
-        pass
-    return shlex.join([str(exe), *sys.argv])
-
-
 def _oversubscribed(load_before: tuple[float, float, float] | None, cores: int, threads: int) -> bool:
     """Other jobs already keep the cores busy and we would add several OpenMP threads on top.
 
@@ -213,7 +202,7 @@ def format_report(samples: dict[Setting, list[float]], work: Workload, args: arg
         f"Measured {now} with",
         "",
         "```",
-        _command(),
+        command_line(),
         "```",
         "",
         machine_markdown(info),

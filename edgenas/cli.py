@@ -471,6 +471,20 @@ class _TrainReporter:
                    f"acc {stats.train_accuracy:.2%} | {stats.images_per_s:.0f} img/s{val}", err=True)
 
 
+def _checkpoint_data_config(meta: dict[str, Any], where: str, data_name: str | None, data_root: str | None,
+                            **fields: Any) -> Any:
+    """The dataset a checkpoint was trained on (full training split), or ``data_name`` instead."""
+    from edgenas.config import from_mapping
+    from edgenas.data import DataConfig
+
+    saved = dict(meta.get("data") or {})
+    if data_name is not None and data_name != saved.get("name"):
+        saved = {"name": data_name}
+    if data_root is not None:
+        saved["root"] = data_root
+    return from_mapping(DataConfig, {**saved, "train_limit": None, **fields}, where=f"{where}: data")
+
+
 @cli.command("eval")
 @click.option("--supernet", "ckpt", type=click.Path(dir_okay=False), required=True, help="Supernet checkpoint.")
 @click.option("--arch", "arch_strs", multiple=True, help="Architecture string(s) to score.")
@@ -487,20 +501,13 @@ def eval_cmd(ckpt: str, arch_strs: tuple[str, ...], sample: int, seed: int, spli
     """Score architectures of a trained supernet (BN recalibrated) on the test or val split."""
     import numpy as np
 
-    from edgenas.config import from_mapping
-    from edgenas.data import DataConfig, load_dataset
+    from edgenas.data import load_dataset
     from edgenas.evaluate import score_archs
     from edgenas.supernet import load_checkpoint
     from edgenas.train import resolve_device
 
     supernet, meta, _ = load_checkpoint(ckpt)
-    saved = dict(meta.get("data") or {})
-    if data_name is not None and data_name != saved.get("name"):
-        saved = {"name": data_name}
-    if data_root is not None:
-        saved["root"] = data_root
-    data_cfg = from_mapping(DataConfig, {**saved, "train_limit": None}, where=f"{ckpt}: data")
-    splits = load_dataset(data_cfg)
+    splits = load_dataset(_checkpoint_data_config(meta, ckpt, data_name, data_root))
     space = supernet.space
     archs = [space.parse(s) for s in arch_strs]
     rng = np.random.default_rng(seed)
@@ -613,7 +620,7 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
            as_json: bool) -> None:
     """Evolutionary search under the profile's budgets, with Supernet Shifting by default."""
     from edgenas.config import from_mapping
-    from edgenas.data import DataConfig, load_dataset
+    from edgenas.data import load_dataset
     from edgenas.hardware.profile import load_profile
     from edgenas.hardware.table import LatencyTable, check_budgets, environment_warnings
     from edgenas.search import EvolutionConfig, ShiftConfig, latency_cost, make_budget_constraints, run_search
@@ -630,14 +637,9 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
     source = ckpt or transfer_from
     assert source is not None
     _, meta, _ = load_checkpoint(source)
-    saved = dict(meta.get("data") or {})
     if transfer_from is not None and data_name is None:
         raise EdgenasError("--transfer-from needs --data NEW (the dataset to transfer to)")
-    data_fields = {"name": data_name} if data_name and data_name != saved.get("name") else saved
-    data_fields = {**data_fields, "train_limit": None, "val_limit": val_limit}
-    if data_root is not None:
-        data_fields["root"] = data_root
-    data_cfg = from_mapping(DataConfig, data_fields, where="search data")
+    data_cfg = _checkpoint_data_config(meta, source, data_name, data_root, val_limit=val_limit)
     data = load_dataset(data_cfg)
     notes: list[str] = []
     if transfer_from is not None:

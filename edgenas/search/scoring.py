@@ -14,7 +14,7 @@ import torch
 
 from edgenas.data import DatasetSplits
 from edgenas.errors import ConfigError
-from edgenas.evaluate import score_archs
+from edgenas.evaluate import prepare_scoring, score_arch
 from edgenas.space import Arch
 from edgenas.supernet import Supernet
 
@@ -45,10 +45,15 @@ class SupernetScorer:
         self.device = device
         self.channels_last = channels_last
         self.evaluations = 0
+        self._prepared: tuple[torch.device, list[torch.Tensor]] | None = None
 
     def __call__(self, arch: Arch) -> tuple[float, dict[str, float]]:
-        [res] = score_archs(self.supernet, [arch], self.data, split="val", recal=self.config.recal_batches,
-                            batch_size=self.config.batch_size, device=self.device,
-                            channels_last=self.channels_last, seed=self.seed)
+        if self._prepared is None:  # the recalibration batches are the same for every candidate
+            self._prepared = prepare_scoring(self.supernet, self.data, recal=self.config.recal_batches,
+                                             batch_size=self.config.batch_size, device=self.device,
+                                             channels_last=self.channels_last, seed=self.seed)
+        device, recal_set = self._prepared
+        res = score_arch(self.supernet, arch, self.data, recal_set, split="val", batch_size=self.config.batch_size,
+                         device=device, channels_last=self.channels_last)
         self.evaluations += 1
         return res.accuracy, {"accuracy": res.accuracy, "error": 1.0 - res.accuracy, "loss": res.loss}
