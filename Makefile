@@ -25,13 +25,14 @@ data:
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q dataset-fashion-mnist; \
 	fi
 
-# Until the search/export stages land, the main job trains the supernet and scores sampled subnets
-# on the test split. Rerunning resumes (a finished run is kept, not retrained).
+# The main job: the whole pipeline (train the supernet, latency table, Supernet Shifting search under
+# a 0.5 ms cpu-ort budget, extract, fine-tune, ONNX export + int8, latency check) at a CPU demo scale.
+# Rerunning resumes at the first unfinished stage; a finished run just prints its summary again.
 DEMO := runs/demo
 demo: setup data
-	$(BIN)/edgenas train --space mbv3 --width-mult 0.5 --data fashion-mnist --epochs 3 --train-limit 30000 \
-		--out $(DEMO) $$([ -f $(DEMO)/supernet.pt ] && echo --resume)
-	$(BIN)/edgenas eval --supernet $(DEMO)/supernet.pt --sample 5 --split test
+	$(BIN)/edgenas run --profile cpu-ort --data fashion-mnist --latency-ms 0.5 --epochs 3 --train-limit 20000 \
+		--population 12 --generations 3 --topk 4 --mutations 4 --crossovers 4 --finetune-epochs 2 \
+		--out $(DEMO) $$([ -f $(DEMO)/stages.json ] && echo --resume)
 
 lint: setup
 	$(BIN)/ruff check edgenas tests benchmarks

@@ -593,6 +593,8 @@ class _SearchProgress:
 @click.option("--params-m", type=float, default=None, help="Parameter budget in millions.")
 @click.option("--data", "data_name", default=None, help="Dataset [default: the supernet's].")
 @click.option("--data-root", default=None)
+@click.option("--resize", type=int, default=None,
+              help="Resize --data's images to this square side (the size the supernet and table were made for).")
 @click.option("--val-limit", type=int, default=None, help="Score candidates on the first N validation images.")
 @click.option("--population", type=int, default=None)
 @click.option("--generations", type=int, default=None)
@@ -610,14 +612,16 @@ class _SearchProgress:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/search", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the interrupted search in --out.")
+@click.option("--measure/--no-measure", default=True, show_default=True,
+              help="Time the final top-k end to end on the profile and recommend the best that fits the budget.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the results as JSON.")
 def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freeze_backbone: bool,
            table_path: str | None, tables_dir: str, latency_ms: float | None, mflops: float | None,
-           params_m: float | None, data_name: str | None, data_root: str | None, val_limit: int | None,
-           population: int | None, generations: int | None, topk: int | None, mutations: int | None,
-           mutation_prob: float | None, crossovers: int | None, seed: int | None, shift: bool, shift_update: str,
-           shift_batches: int | None, shift_lr: float | None, device: str, out_dir: str, resume: bool,
-           as_json: bool) -> None:
+           params_m: float | None, data_name: str | None, data_root: str | None, resize: int | None,
+           val_limit: int | None, population: int | None, generations: int | None, topk: int | None,
+           mutations: int | None, mutation_prob: float | None, crossovers: int | None, seed: int | None,
+           shift: bool, shift_update: str, shift_batches: int | None, shift_lr: float | None, device: str,
+           out_dir: str, resume: bool, measure: bool, as_json: bool) -> None:
     """Evolutionary search under the profile's budgets, with Supernet Shifting by default."""
     from edgenas.config import from_mapping
     from edgenas.data import load_dataset
@@ -639,7 +643,8 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
     _, meta, _ = load_checkpoint(source)
     if transfer_from is not None and data_name is None:
         raise EdgenasError("--transfer-from needs --data NEW (the dataset to transfer to)")
-    data_cfg = _checkpoint_data_config(meta, source, data_name, data_root, val_limit=val_limit)
+    sized = {"resize": resize} if resize is not None else {}
+    data_cfg = _checkpoint_data_config(meta, source, data_name, data_root, val_limit=val_limit, **sized)
     data = load_dataset(data_cfg)
     notes: list[str] = []
     if transfer_from is not None:
@@ -683,6 +688,17 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
               "table_validation": table.validation.to_json() if table.validation else None,
               "source": str(source), "transfer": transfer_from is not None, "notes": notes,
               "budgets": {"latency_ms": budgets.latency_ms, "mflops": budgets.mflops, "params_m": budgets.params_m}})
+    measured = None
+    if measure:
+        from edgenas.search.results import write_search_json
+        from edgenas.search.verify import measure_finalists
+
+        if not as_json:
+            click.echo(f"measuring the top {len(result.topk)} end to end on {prof.name} ...", err=True)
+        measured = measure_finalists(space, result.topk, prof, num_classes=data.num_classes,
+                                     in_channels=data.in_channels, budget_ms=budgets.latency_ms)
+        result.info["measured"] = measured.to_json()
+        write_search_json(result, Path(out_dir) / "search.json")
     if as_json:
         click.echo(json.dumps(result_to_json(result), indent=2))
         return
@@ -693,7 +709,376 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
                f"  {m.get('params_m', float('nan')):.3f} M params")
     if table.validation is not None:
         click.echo(f"latency table trust: {table.validation.summary()}")
+    if measured is not None:
+        top = measured.finalists[0]
+        budget_text = "" if measured.budget_ms is None else f" (budget {measured.budget_ms:g} ms)"
+        click.echo(f"measured {measured.statistic} latency of the best: {top.measured_ms:.3f} ms{budget_text}")
+        rec = measured.recommended
+        if rec is None:
+            click.echo("warning: no top-k architecture is within the budget when measured; loosen the budget or "
+                       "rebuild the latency table on a quiet machine", err=True)
+        elif rec.arch != top.arch:
+            click.echo(f"warning: the best is over budget when measured; recommended instead: {rec.arch} "
+                       f"(val accuracy {rec.score:.2%}, measured {rec.measured_ms:.3f} ms)", err=True)
     click.echo(f"results: {out_dir}/search.json, candidates.csv, candidates.png")
+
+
+# ----- extract ----------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--arch", "arch_str", default=None, help="Architecture string to extract [default: the search's best].")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Subnet checkpoint to write [default: RUN_DIR/subnet.pt].")
+@click.option("--recal", type=int, default=None, help="Training batches for BN recalibration [default: the search's].")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print only the subnet's metadata as JSON.")
+def extract(run_dir: str, arch_str: str | None, out_path: str | None, recal: int | None, device: str,
+            as_json: bool) -> None:
+    """The search's winner (or --arch) as a standalone network with the supernet's weights."""
+    from edgenas.data import iterate_batches, load_dataset
+    from edgenas.extract import data_facts, extract_subnet, load_run_supernet, resolve_run, save_subnet
+    from edgenas.supernet import evaluate
+    from edgenas.train import resolve_device, to_device
+
+    selection = resolve_run(run_dir, arch_str)
+    data = load_dataset(selection.data_config)
+    supernet, _ = load_run_supernet(selection)
+    scoring = dict(selection.search.get("config", {}).get("scoring") or {})
+    dev = resolve_device(device)
+    subnet = extract_subnet(supernet, selection.arch, data, recal=recal or int(scoring.get("recal_batches", 10)),
+                            batch_size=int(scoring.get("batch_size", 256)), seed=int(selection.search.get("seed") or 0),
+                            device=dev)
+    test = evaluate(lambda x: subnet(to_device(x, dev, True)),
+                    ((x, y.to(dev)) for x, y in iterate_batches(data.test, 256, shuffle=False)), subnet)
+    meta = {"data": data_facts(data, selection.data_config),
+            "source": {"run_dir": str(selection.run_dir), "supernet": str(selection.supernet_path),
+                       "search_best": selection.search["best"]["arch"]},
+            "inherited": {"test": {"accuracy": test["accuracy"], "count": int(test["count"])}}}
+    out = Path(out_path) if out_path else selection.run_dir / "subnet.pt"
+    save_subnet(out, subnet.cpu(), meta)
+    if as_json:
+        click.echo(json.dumps({"path": str(out), **meta, "arch": selection.arch.to_str()}, indent=2))
+        return
+    params = sum(p.numel() for p in subnet.parameters())
+    click.echo(f"extracted {selection.arch} ({params / 1e6:.3f} M params) from {selection.supernet_path}")
+    click.echo(f"inherited weights, BN recalibrated: test accuracy {test['accuracy']:.2%} "
+               f"on {int(test['count'])} {data.name} test images")
+    click.echo(f"wrote {out}")
+
+
+# ----- finetune ---------------------------------------------------------------------------------------------
+class _FinetuneReporter:
+    """One line per epoch on stderr (loss, val accuracy, lr, speed, ETA); silent with --json."""
+
+    def __init__(self, epochs: int, quiet: bool) -> None:
+        self.epochs, self.quiet = epochs, quiet
+        self.seconds: list[float] = []
+
+    def epoch(self, stats: Any) -> None:
+        if self.quiet:
+            return
+        self.seconds.append(stats.seconds)
+        eta = (self.epochs - stats.epoch - 1) * sum(self.seconds) / len(self.seconds)
+        kd = f" (kd {stats.kd_loss:.4f})" if stats.kd_loss is not None else ""
+        click.echo(f"epoch {stats.epoch + 1}/{self.epochs} | loss {stats.train_loss:.4f}{kd} acc "
+                   f"{stats.train_accuracy:.2%} | val acc {stats.val_accuracy:.2%}{' *' if stats.improved else ''} | "
+                   f"lr {stats.lr:.4g} | {stats.images_per_s:.0f} img/s | ETA {eta:.0f} s", err=True)
+
+
+@cli.command()
+@click.argument("ckpt", metavar="SUBNET_CKPT", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Output directory: last.pt, best.pt, subnet.pt, finetune.json.")
+@click.option("--epochs", type=int, default=None, help="[default: 5]")
+@click.option("--lr", type=float, default=None, help="Peak learning rate. [default: 0.05]")
+@click.option("--batch-size", type=int, default=None, help="[default: 128]")
+@click.option("--label-smoothing", type=float, default=None, help="[default: 0.1]")
+@click.option("--weight-decay", type=float, default=None, help="On conv/linear weights only. [default: 4e-5]")
+@click.option("--warmup-steps", type=int, default=None, help="Linear warm-up steps before the cosine. [default: 0]")
+@click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm to this value.")
+@click.option("--distill/--no-distill", default=None,
+              help="Distil from the subnet as loaded (the supernet's weights), frozen. [default: no]")
+@click.option("--kd-alpha", type=float, default=None, help="Weight of the distillation term. [default: 0.5]")
+@click.option("--kd-temperature", type=float, default=None, help="[default: 4.0]")
+@click.option("--patience", type=int, default=None, help="Stop after N epochs without val improvement. [default: 3]")
+@click.option("--from-scratch", is_flag=True, default=None,
+              help="Re-initialise the weights (seeded) instead of starting from the inherited ones.")
+@click.option("--train-limit", type=int, default=None, help="Use only the first N training images.")
+@click.option("--data-root", default=None, help="Data directory, if not where the checkpoint's data was found.")
+@click.option("--seed", type=int, default=None, help="[default: 0]")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch. [default: all cores]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the result as JSON.")
+def finetune(ckpt: str, out_dir: str, data_root: str | None, device: str, resume: bool, as_json: bool,
+             **options: Any) -> None:
+    """Fine-tune an extracted subnet (optionally distilling from its inherited weights); report test accuracy."""
+    from edgenas.config import from_mapping
+    from edgenas.data import DataConfig, load_dataset
+    from edgenas.extract import load_subnet
+    from edgenas.finetune import FinetuneConfig
+    from edgenas.finetune import finetune as run_finetune
+    from edgenas.train import resolve_device
+
+    config = FinetuneConfig(**{k: v for k, v in options.items() if v is not None})
+    subnet, meta, _ = load_subnet(ckpt)
+    saved = (meta.get("data") or {}).get("config")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{ckpt} records no data config; extract it again with `edgenas extract`")
+    root = {"root": data_root} if data_root is not None else {}
+    data = load_dataset(from_mapping(DataConfig, {**saved, "train_limit": None, **root}, where=f"{ckpt}: data"))
+    reporter = _FinetuneReporter(config.epochs, quiet=as_json)
+    result = run_finetune(subnet, data, config, out_dir, resume=resume, device=resolve_device(device),
+                          on_epoch=reporter.epoch, meta=meta)
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2))
+        return
+    how = "from scratch" if result.from_scratch else "from inherited weights"
+    how += ", distilled from the inherited subnet" if result.distill else ""
+    stop = " (stopped early)" if result.stopped_early else ""
+    click.echo(f"fine-tuned {subnet.arch} {how}: {result.epochs_run} epoch(s){stop}, best epoch "
+               f"{result.best_epoch + 1}, val accuracy {result.val_accuracy:.2%}")
+    gain = 100 * (result.test_accuracy - result.before_test_accuracy)
+    click.echo(f"test accuracy {result.test_accuracy:.2%} on {result.test_count} {data.name} test images; "
+               f"before fine-tuning {result.before_test_accuracy:.2%} on {result.before_test_count} "
+               f"({gain:+.2f} points)")
+    click.echo(f"wrote {result.checkpoint} (also best.pt, last.pt, finetune.json in {out_dir}) in "
+               f"{result.seconds:.1f} s")
+
+
+# ----- export -----------------------------------------------------------------------------------------------
+@cli.command("export")
+@click.argument("subnet_ckpt", type=click.Path(dir_okay=False))
+@click.option("--name", required=True, help="Bundle name: the folder written under --out-dir.")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="export", show_default=True)
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17-20).")
+@click.option("--int8/--no-int8", default=True, show_default=True,
+              help="Also write model.int8.onnx (static QDQ, calibrated on training images).")
+@click.option("--simplify", is_flag=True, help="Simplify the graph with onnxsim (pip install onnxsim).")
+@click.option("--calib-images", type=int, default=512, show_default=True, help="Training images for int8 calibration.")
+@click.option("--parity-images", type=int, default=None, help="Test images for parity/accuracy [default: all].")
+@click.option("--profile", "profile_name", default="cpu-ort", show_default=True,
+              help="fp32 onnxruntime profile (name or YAML path) the latency is measured on.")
+@click.option("--no-measure", is_flag=True, help="Skip the latency measurement.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle of the same name.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def export_cmd(subnet_ckpt: str, name: str, out_dir: str, opset: int, int8: bool, simplify: bool, calib_images: int,
+               parity_images: int | None, profile_name: str, no_measure: bool, force: bool, as_json: bool) -> None:
+    """A subnet checkpoint as a checked ONNX bundle: model.onnx, model.int8.onnx, manifest.json."""
+    from edgenas.export import ExportConfig, export_bundle
+
+    config = ExportConfig(name=name, out_dir=out_dir, opset=opset, int8=int8, simplify=simplify,
+                          calib_images=calib_images, parity_images=parity_images, profile=profile_name,
+                          measure=not no_measure)
+    result = export_bundle(subnet_ckpt, config, overwrite=force, on_progress=_progress)
+    m = result.manifest
+    if as_json:
+        click.echo(json.dumps({"bundle_dir": str(result.bundle_dir), **m}, indent=2))
+        return
+    files = ", ".join(f"{f} ({info['bytes'] / 1024:.1f} KiB)" for f, info in m["files"].items())
+    click.echo(f"bundle {result.bundle_dir}: {files}, manifest.json")
+    cost, par, acc = m["cost"], m["parity"], m["accuracy"]
+    click.echo(f"{m['arch']} ({m['arch_id']}) on {m['data']['name']}: {cost['mflops']:.3f} MFLOPs, "
+               f"{cost['params'] / 1e6:.4f} M params; graph {cost['onnx_macs'] / 1e6:.3f} M MACs, opset {m['opset']}")
+    click.echo(f"parity torch vs onnxruntime on {par['count']} test images: max |diff| {par['max_abs_diff']:.2g} "
+               f"(tolerance {par['tolerance']:g}), top-1 agreement {par['top1_agreement']:.2%}")
+    line = (f"test accuracy: torch {acc['torch']['accuracy']:.2%} ({acc['torch']['count']} images), "
+            f"onnx fp32 {acc['onnx']['accuracy']:.2%} ({acc['onnx']['count']})")
+    if acc["int8"] is not None:
+        i8 = acc["int8"]
+        line += (f", int8 {i8['accuracy']:.2%} ({i8['count']}; drop {acc['int8_drop_points']:.2f} points, "
+                 f"agreement with fp32 {i8['top1_agreement_with_fp32']:.2%})")
+    click.echo(line)
+    if m["latency"] is not None:
+        lat = m["latency"]
+        parts = [f"{f} median {s['median_ms']:.4f} ms (p10 {s['p10_ms']:.4f}, p90 {s['p90_ms']:.4f})"
+                 for f, s in lat.items() if f != "int8_speedup"]
+        speedup = f"; int8 speed-up {lat['int8_speedup']:.2f}x" if lat.get("int8_speedup") else ""
+        click.echo(f"latency on {m['profile']['name']}: {'; '.join(parts)}{speedup}")
+
+
+# ----- check ------------------------------------------------------------------------------------------------
+@cli.command("check")
+@click.argument("bundle")
+@click.option("--profile", "profile_name", required=True, help="An onnxruntime profile name or YAML path.")
+@click.option("--tolerance", default="10%", show_default=True,
+              help="Relative latency change to tolerate: 10% or 0.1 (between 0 and 1).")
+@click.option("--trials", type=int, default=None,
+              help="Interleaved trials of 10 runs per model [default: the profile's trials x repeats / 10]; "
+                   "more trials narrow the CI.")
+@click.option("--update", is_flag=True, help="(Re)write the baseline into the bundle's manifest instead of checking.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report (with --update: the baseline) as JSON.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the result as JUnit XML (testcases latency, flops, params) to this file.")
+@click.pass_context
+def check(ctx: click.Context, bundle: str, profile_name: str, tolerance: str, trials: int | None, update: bool,
+          as_json: bool, junit_path: str | None) -> None:
+    """Fail CI when an exported bundle got slower, or its FLOPs or params changed.
+
+    Times BUNDLE's model and a fixed reference workload interleaved in the same run, so a runner's
+    drift hits both and cancels, and compares their latency ratio with the baseline stored in the
+    bundle's manifest (record it once with --update, on a quiet machine).
+
+    \b
+    Rule: T interleaved trials of 10 runs each (default T: the profile's
+    trials x repeats / 10), per-trial ratio r_t = bundle median / reference median;
+    d = median(r) / baseline ratio; 95% bootstrap CI of d (2000 seeded resamples);
+    REGRESSION iff CI low > 1 + tolerance (confidently slower than the tolerance),
+    IMPROVED iff CI high < 1 - tolerance (passes), else PASS.
+    FLOPs (MACs) and params must equal the baseline exactly; changed file
+    checksums are only reported.
+
+    Exit codes: 0 pass, 1 regression, 2 usage or input error.
+    """
+    from edgenas.check import CheckConfig, check_bundle, format_baseline, parse_tolerance, update_baseline
+    from edgenas.hardware.profile import load_profile
+    from edgenas.io import atomic_write_text
+
+    config = CheckConfig(tolerance=parse_tolerance(tolerance), trials=trials)
+    if update and junit_path is not None:
+        raise ConfigError("--junit reports a check; it does not apply to --update")
+    p = load_profile(profile_name)
+    if update:
+        baseline = update_baseline(bundle, p, config, on_progress=_progress)
+        click.echo(json.dumps(baseline.to_json(), indent=2) if as_json
+                   else format_baseline(baseline, Path(bundle) / "manifest.json"))
+        return
+    report = check_bundle(bundle, p, config, on_progress=_progress)
+    if junit_path is not None:
+        atomic_write_text(junit_path, report.to_junit())
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.render(use_rich=sys.stdout.isatty()))
+    ctx.exit(report.exit_code)
+
+
+# ----- run --------------------------------------------------------------------------------------------------
+@cli.command("run")
+@click.option("--profile", "profile_name", required=True, help="Hardware profile (edgenas profile list).")
+@click.option("--data", "data_name", default="fashion-mnist", show_default=True)
+@click.option("--data-root", default=None)
+@click.option("--latency-ms", type=float, default=None, help="Latency budget [default: the profile's].")
+@click.option("--mflops", type=float, default=None, help="FLOPs budget, 1 multiply-add = 1 FLOP.")
+@click.option("--params-m", type=float, default=None, help="Parameter budget in millions.")
+@click.option("--space", "space_name", default="mbv3", show_default=True)
+@click.option("--width-mult", type=float, default=0.5, show_default=True)
+@click.option("--epochs", type=int, default=3, show_default=True, help="Supernet training epochs.")
+@click.option("--train-limit", type=int, default=None, help="Train the supernet and fine-tune on N images.")
+@click.option("--population", type=int, default=16, show_default=True)
+@click.option("--generations", type=int, default=4, show_default=True)
+@click.option("--topk", type=int, default=5, show_default=True)
+@click.option("--mutations", type=int, default=6, show_default=True)
+@click.option("--crossovers", type=int, default=6, show_default=True)
+@click.option("--val-limit", type=int, default=1000, show_default=True,
+              help="Score search candidates on the first N validation images.")
+@click.option("--shift/--no-shift", default=True, show_default=True)
+@click.option("--finetune-epochs", type=int, default=2, show_default=True)
+@click.option("--int8/--no-int8", default=True, show_default=True)
+@click.option("--name", default=None, help="Bundle name [default: the run directory's name].")
+@click.option("--export-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the bundle folder goes [default: OUT/export].")
+@click.option("--tables-dir", default="latency_tables", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for training.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/run", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run at its first unfinished stage.")
+@click.pass_context
+def run_cmd(ctx: click.Context, profile_name: str, data_name: str, data_root: str | None, latency_ms: float | None,
+            mflops: float | None, params_m: float | None, space_name: str, width_mult: float, epochs: int,
+            train_limit: int | None, population: int, generations: int, topk: int, mutations: int, crossovers: int,
+            val_limit: int, shift: bool, finetune_epochs: int, int8: bool, name: str | None,
+            export_dir: str | None, tables_dir: str, seed: int, threads: int, device: str, out_dir: str,
+            resume: bool) -> None:
+    """The whole pipeline in one run directory: train, latency table, search, extract, fine-tune, export, check.
+
+    Each stage is the command of the same name with its files under --out; `stages.json` records
+    what is done, so --resume continues at the first unfinished stage (training, search and
+    fine-tuning also resume inside the stage). Ends with a summary table and report.md.
+    """
+    from edgenas.check import CheckConfig, check_bundle, update_baseline
+    from edgenas.hardware.profile import load_profile
+    from edgenas.report import StageLog, pipeline_summary, render_report
+    from edgenas.space import default_preset
+
+    out = Path(out_dir)
+    settings = dict(
+        profile=profile_name, data=data_name, latency_ms=latency_ms, mflops=mflops, params_m=params_m,
+        space=space_name, width_mult=width_mult, epochs=epochs, train_limit=train_limit, population=population,
+        generations=generations, topk=topk, mutations=mutations, crossovers=crossovers, val_limit=val_limit,
+        shift=shift, finetune_epochs=finetune_epochs, int8=int8, seed=seed)
+    prof = load_profile(profile_name)  # fail on a bad profile before any work
+    if prof.runtime != "onnxruntime":
+        raise ConfigError(f"edgenas run exports ONNX bundles; profile '{prof.name}' runs {prof.runtime}: "
+                          "choose an onnxruntime profile (edgenas profile list)")
+    log = StageLog.open(out, settings, resume)
+    bundle_name = name or out.resolve().name
+    paths = {"supernet": out / "supernet", "search": out / "search", "subnet": out / "search" / "subnet.pt",
+             "finetune": out / "finetune", "export": Path(export_dir) if export_dir else out / "export"}
+
+    def stage(key: str, title: str) -> float | None:
+        if log.done(key):
+            click.echo(f"== {title}: done, skipped", err=True)
+            return None
+        click.echo(f"== {title}", err=True)
+        return log.begin(key)
+
+    if (t := stage("train", "1/7 train the supernet")) is not None:
+        ctx.invoke(train, space_name=space_name, width_mult=width_mult, data_name=data_name, data_root=data_root,
+                   train_limit=train_limit, epochs=epochs, seed=seed, threads=threads, device=device,
+                   out_dir=str(paths["supernet"]), resume=(paths["supernet"] / "supernet.pt").exists())
+        log.finish("train", t, checkpoint=str(paths["supernet"] / "supernet.pt"))
+    if (t := stage("table", "2/7 latency table")) is not None:
+        from edgenas.data import DataConfig, load_dataset
+        from edgenas.supernet import load_checkpoint
+
+        supernet, _, _ = load_checkpoint(paths["supernet"] / "supernet.pt")
+        splits = load_dataset(DataConfig(name=data_name, root=data_root))
+        target = load_profile(profile_name, input_shape=(splits.in_channels, *splits.input_size))
+        try:
+            table_path = _find_table(supernet.space, target, Path(tables_dir))
+            note = "reused"
+        except EdgenasError:
+            c, h, w = target.input_shape
+            preset = default_preset((h, w))  # as `edgenas train` chose it
+            table_path = Path(tables_dir) / f"{target.name}_{space_name}_{preset}_w{width_mult:g}_{h}x{w}.json"
+            ctx.invoke(profile_build, profile_name=profile_name, space_name=space_name, preset=preset,
+                       width_mult=width_mult, input_shape=f"{c},{h},{w}", out=str(table_path), force=True)
+            note = "built"
+        log.finish("table", t, table=str(table_path), note=note)
+    if (t := stage("search", "3/7 search")) is not None:
+        ctx.invoke(search, profile_name=profile_name, ckpt=str(paths["supernet"] / "supernet.pt"),
+                   tables_dir=tables_dir, latency_ms=latency_ms, mflops=mflops, params_m=params_m,
+                   data_root=data_root, val_limit=val_limit, population=population, generations=generations,
+                   topk=topk, mutations=mutations, crossovers=crossovers, seed=seed, shift=shift, device=device,
+                   out_dir=str(paths["search"]), resume=(paths["search"] / "checkpoint.pt").exists())
+        log.finish("search", t, search_json=str(paths["search"] / "search.json"),
+                   plot=str(paths["search"] / "candidates.png"))
+    if (t := stage("extract", "4/7 extract the winner")) is not None:
+        ctx.invoke(extract, run_dir=str(paths["search"]), out_path=str(paths["subnet"]), device=device)
+        log.finish("extract", t, subnet=str(paths["subnet"]))
+    if (t := stage("finetune", "5/7 fine-tune")) is not None:
+        ctx.invoke(finetune, ckpt=str(paths["subnet"]), out_dir=str(paths["finetune"]), epochs=finetune_epochs,
+                   train_limit=train_limit, seed=seed, threads=threads, device=device, data_root=data_root,
+                   resume=(paths["finetune"] / "last.pt").exists())
+        log.finish("finetune", t, finetune_json=str(paths["finetune"] / "finetune.json"))
+    bundle = paths["export"] / bundle_name
+    if (t := stage("export", "6/7 export the ONNX bundle")) is not None:
+        ctx.invoke(export_cmd, subnet_ckpt=str(paths["finetune"] / "subnet.pt"), name=bundle_name,
+                   out_dir=str(paths["export"]), int8=int8, profile_name=profile_name, force=True)
+        log.finish("export", t, bundle=str(bundle), manifest=str(bundle / "manifest.json"))
+    if (t := stage("check", "7/7 latency baseline and regression check")) is not None:
+        config = CheckConfig()
+        update_baseline(bundle, prof, config, on_progress=_progress)
+        report = check_bundle(bundle, prof, config, on_progress=_progress)
+        click.echo(report.render(use_rich=False), err=True)
+        log.finish("check", t, verdict=report.verdict, exit_code=report.exit_code)
+    path = render_report(out, log)
+    click.echo("")
+    width = max(len(k) for k, _ in pipeline_summary(out, log)) if log.stages else 10
+    for key, value in pipeline_summary(out, log):
+        click.echo(f"{key:<{width}}  {value.replace('`', '')}")
+    total = sum(float(r.get("seconds", 0.0)) for r in log.stages.values())
+    click.echo(f"\nbundle {bundle}; report {path}; {total:.0f} s in all")
+
 
 
 def main() -> None:

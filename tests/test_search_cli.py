@@ -69,6 +69,13 @@ def test_search_writes_results_and_respects_the_budget(setup):
     assert "is_pareto" in rows[0] and len(rows) > 1
     latencies = [c["metrics"]["latency_ms"] for g in out["generations"] for c in g["population"]]
     assert latencies and max(latencies) <= budget + 1e-9
+    # the finalists were timed end to end; the recommendation fits the budget as measured
+    measured = out["measured"]
+    assert [f["arch"] for f in measured["finalists"]] == [c["arch"] for c in out["topk"]]
+    assert all(f["measured_ms"] > 0 and f["stats"]["n"] == 5 for f in measured["finalists"])
+    fits = [f["arch"] for f in measured["finalists"] if f["measured_ms"] <= budget]
+    assert measured["recommended"] == (fits[0] if fits else None)
+    assert json.loads((root / "s1" / "search.json").read_text())["measured"] == measured
     too_tight = runner.invoke(cli, ["search", "--profile", str(profile), "--supernet",
                                     str(root / "sn" / "supernet.pt"), "--tables-dir", str(root / "tables"),
                                     "--latency-ms", f"{floor * 0.5:.6f}", "--out", str(root / "s2"), *SEARCH])

@@ -326,6 +326,18 @@ class OrtMeasurer(LatencyMeasurer):
         dimension is an error naming it. An int8 profile quantizes an fp32 model first but measures
         an already quantized one (QDQ or QOperator) as it is.
         """
+        return self.measure_onnx_many([model], [input_shape])[0]
+
+    def measure_onnx_many(self, models: Sequence[bytes | str | Path],
+                          input_shapes: Sequence[tuple[int, ...] | None] | None = None) -> list[LatencyStats]:
+        """Several ONNX models measured interleaved (see :meth:`measure_many`), e.g. a model and a
+        reference workload whose latency ratio is compared across runs on a noisy machine."""
+        shapes = list(input_shapes) if input_shapes is not None else [None] * len(models)
+        if len(shapes) != len(models):
+            raise ValueError(f"{len(models)} models but {len(shapes)} input shapes")
+        return self._measure_runners([self._onnx_runner(m, s) for m, s in zip(models, shapes)])
+
+    def _onnx_runner(self, model: bytes | str | Path, input_shape: tuple[int, ...] | None) -> _Runner:
         import onnx
 
         if isinstance(model, bytes):
@@ -347,7 +359,7 @@ class OrtMeasurer(LatencyMeasurer):
             )
         if self.profile.precision == "int8" and not any(n.op_type in _QUANTIZED_OPS for n in proto.graph.node):
             data = _quantize_int8(data, {k: v.shape for k, v in feeds.items()})
-        return self._measure_runners([self._runner(data, feeds)])[0]
+        return self._runner(data, feeds)
 
     def _prepare(self, model: nn.Module, input_shape: tuple[int, int, int, int]) -> _Runner:
         p = self.profile

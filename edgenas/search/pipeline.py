@@ -145,6 +145,7 @@ def run_search(
     result.config = settings
     result.info = {
         **extra,
+        "data": data_meta,
         "shift": None if shifting is None else {
             "steps_taken": shifting.steps_taken, "candidates_trained": shifting.candidates_trained,
             "batches_trained": shifting.batches_trained},

@@ -232,6 +232,7 @@ class SearchSpace(ABC):
             self.build_stem(in_channels),
             [self.build_choice(i, c) for i, c in enumerate(arch.choices)],
             self.build_head(num_classes),
+            space=self,
         )
 
 
@@ -242,9 +243,11 @@ class Subnet(nn.Module):
     ``layers.3.x``), which is how inherited weights are copied.
     """
 
-    def __init__(self, arch: Arch, stem: nn.Module, blocks: list[nn.Module], head: nn.Module) -> None:
+    def __init__(self, arch: Arch, stem: nn.Module, blocks: list[nn.Module], head: nn.Module,
+                 space: SearchSpace | None = None) -> None:
         super().__init__()
         self.arch = arch
+        self.space = space  # what to rebuild it from when its checkpoint is loaded
         self.stem = stem
         self.layers = nn.Sequential(*blocks)
         self.head = head

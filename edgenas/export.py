@@ -1,0 +1,774 @@
+"""Export a subnet checkpoint as a deployable ONNX bundle: export → check → compare, every time.
+
+A bundle is one directory ``<out_dir>/<name>/`` holding ``model.onnx`` (fp32, dynamic batch, batch
+norm folded), optionally ``model.int8.onnx`` (static QDQ quantization calibrated on real training
+images) and ``manifest.json`` (format ``edgenas-bundle/1``): what the model is (architecture, space,
+dataset, classes), how to feed it (input name, shape, normalisation), what it was verified to do
+(torch vs ONNX Runtime parity, test accuracy of torch, fp32 ONNX and int8 with image counts), what it
+costs (FLOPs, parameters, ONNX multiply-adds, measured latency) and the hash of every file.
+
+Why every step is checked rather than trusted:
+
+* ``torch.onnx.export`` can succeed and still write a graph ONNX Runtime cannot run (an op without a
+  CPU kernel) or one that computes something else, so the graph is checked with
+  ``onnx.checker`` (full check), against ONNX Runtime's kernel registry, and then run on the *real*
+  test split next to the torch model: the export fails when the logits differ by more than
+  :data:`PARITY_TOLERANCE` or the top-1 predictions agree on less than :data:`MIN_AGREEMENT` of images.
+* int8 accuracy depends on the calibration data, so it is calibrated on training images (seeded)
+  and its test accuracy and agreement with fp32 are recorded, not assumed.
+* The bundle is written to a temporary directory beside the target and renamed into place, so a
+  failed or interrupted export never leaves half a bundle behind.
+
+The manifest is the contract the CI check (``edgenas check``) and deployments read; the check adds
+its own ``baseline`` entry later through :func:`write_manifest`. :func:`onnx_cost` counts the graph's
+own multiply-adds and parameters so that check can compare a bundle's file with its manifest exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgenas.errors import ConfigError, EdgenasError
+
+if TYPE_CHECKING:
+    from edgenas.hardware.profile import Profile
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "INT8_FILE",
+    "MANIFEST_FILE",
+    "MIN_AGREEMENT",
+    "MODEL_FILE",
+    "PARITY_TOLERANCE",
+    "BundleError",
+    "ExportConfig",
+    "ExportResult",
+    "check_onnx",
+    "export_bundle",
+    "export_onnx",
+    "onnx_cost",
+    "read_manifest",
+    "verify_bundle",
+    "write_manifest",
+]
+
+BUNDLE_FORMAT = "edgenas-bundle/1"
+MODEL_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+MANIFEST_FILE = "manifest.json"
+PARITY_TOLERANCE = 1e-4  # max |logit difference| between torch fp32 and ONNX Runtime fp32
+MIN_AGREEMENT = 0.999  # fraction of test images whose top-1 class must agree
+EVAL_BATCH = 256
+CALIB_BATCH = 64
+CALIB_SEED = 0
+_MIN_OPSET = 17  # QDQ per-channel, and the opset every profile and the CI check assume
+_MAX_OPSET = 20  # the highest opset torch's TorchScript exporter writes
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Ops ONNX Runtime resolves while loading a graph instead of running a kernel for them.
+_NO_KERNEL_NEEDED = frozenset({"Constant"})
+
+
+class BundleError(EdgenasError):
+    """A bundle directory or manifest is missing, malformed or would be overwritten."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and how to verify it.
+
+    ``parity_images`` limits the test images used for parity and accuracy (``None``: the whole test
+    split). ``profile`` is a hardware profile name, YAML path or :class:`~edgenas.hardware.profile.Profile`
+    (for example one with a shortened measurement protocol); it must be an fp32 onnxruntime profile,
+    because both files are measured as they are.
+    """
+
+    name: str
+    out_dir: str | Path = "export"
+    opset: int = 17
+    int8: bool = True
+    simplify: bool = False
+    calib_images: int = 512
+    parity_images: int | None = None
+    profile: str | Path | Profile = "cpu-ort"
+    measure: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ConfigError(f"bundle name must be letters, digits, '.', '_' or '-' (it is a folder name), "
+                              f"not {self.name!r}")
+        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not (
+                _MIN_OPSET <= self.opset <= _MAX_OPSET):
+            raise ConfigError(f"opset must be between {_MIN_OPSET} and {_MAX_OPSET} (the TorchScript exporter's "
+                              f"newest), not {self.opset!r}")
+        if isinstance(self.calib_images, bool) or not isinstance(self.calib_images, int) or self.calib_images < 1:
+            raise ConfigError(f"calib_images must be a positive integer, not {self.calib_images!r}")
+        if self.parity_images is not None and (isinstance(self.parity_images, bool)
+                                               or not isinstance(self.parity_images, int) or self.parity_images < 1):
+            raise ConfigError(f"parity_images must be a positive integer or None, not {self.parity_images!r}")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the bundle went and its manifest (as written to ``manifest.json``)."""
+
+    bundle_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.bundle_dir / f for f in self.manifest["files"]] + [self.bundle_dir / MANIFEST_FILE]
+
+
+# ----- ONNX export and checks -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def _stdout_to(target: str) -> Iterator[None]:
+    """Point fd 1 at ``target`` ("stderr" or "devnull") for the block.
+
+    torch's TorchScript exporter enables its C++ log whenever it runs (``setup_onnx_logging`` tests
+    the function object instead of calling it), so a failed export dumps the whole Torch IR graph to
+    stdout, and native libraries (onnxsim, the quantizer) may print there too; stdout must stay
+    clean for ``--json``. The exporter's dump is dropped (the error names the op and module instead);
+    other native output goes to stderr with the progress messages.
+    """
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no usable fd 1 (embedded interpreters): nothing to protect
+        yield
+        return
+    sink = os.open(os.devnull, os.O_WRONLY) if target == "devnull" else os.dup(2)
+    try:
+        os.dup2(sink, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(sink)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _locate_op(model: nn.Module, input_shape: tuple[int, ...], op: str) -> str | None:
+    """``path (Type)`` of the module whose forward calls ``op`` (e.g. ``aten::fft_fft2``), from trace scopes."""
+    m = copy.deepcopy(model).cpu().float().eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(m, torch.zeros(input_shape), check_trace=False)
+        graph = traced.inlined_graph
+    except Exception:  # tracing can fail for the same reason the export did
+        return None
+    modules = dict(m.named_modules())
+    for node in graph.nodes():
+        if node.kind() == op:
+            scope = node.scopeName().split("/")[-1]
+            path = scope.removeprefix("__module.").removeprefix("__module")
+            module = modules.get(path)
+            if module is not None:
+                return f"{path or '<root>'} ({type(module).__name__})"
+    return None
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, int, int, int], opset: int = 17) -> bytes:
+    """Export ``model`` (eval, CPU, BN folded) with a dynamic batch axis and check ONNX Runtime can run it.
+
+    An op the exporter rejects is reported with the op and the module that calls it (``aten::fft_fft2 in
+    body.1 (Spectral)``); an op the exporter writes but ONNX Runtime's CPU provider lacks is named too.
+    """
+    from edgenas.hardware.measure import export_onnx_bytes
+
+    try:
+        with _stdout_to("devnull"):
+            data = export_onnx_bytes(model, input_shape, opset=opset, dynamic_batch=True)
+    except EdgenasError as exc:
+        found = re.search(r"operator '([\w.]+::[\w.]+)'", str(exc))
+        if found is None:
+            raise
+        op = found.group(1)
+        where = _locate_op(model, input_shape, op)
+        raise EdgenasError(
+            f"cannot export {type(model).__name__} to ONNX: op {op}"
+            + (f" in module {where}" if where else "")
+            + f" is not supported by torch's ONNX exporter at opset {opset}; replace it with supported ops"
+        ) from None
+    check_onnx(data, label=f"the ONNX export of {type(model).__name__}")
+    return data
+
+
+def _ort_missing_kernels(proto: Any, provider: str = "CPUExecutionProvider") -> list[str]:
+    """``op (node)`` for each node ONNX Runtime has no ``provider`` kernel (nor ONNX function body) for."""
+    import onnx.defs
+
+    try:
+        from onnxruntime.capi import _pybind_state
+    except ImportError:  # a build without the kernel registry: the session load still catches it
+        return []
+    ranges: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for k in _pybind_state.get_all_opkernel_def():
+        if k.provider == provider:
+            ranges.setdefault((k.domain, k.op_name), []).append(tuple(k.version_range))
+    opsets = {("" if imp.domain == "ai.onnx" else imp.domain): int(imp.version) for imp in proto.opset_import}
+    missing: list[str] = []
+    for node in proto.graph.node:
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        if domain == "" and node.op_type in _NO_KERNEL_NEEDED:
+            continue
+        version = opsets.get(domain, 1)
+        try:
+            schema = onnx.defs.get_schema(node.op_type, version, domain)
+            since = int(schema.since_version)
+            has_body = bool(schema.has_function or schema.has_context_dependent_function)
+        except Exception:  # unknown to onnx (a custom domain): the kernel registry decides alone
+            since, has_body = version, False
+        if not any(lo <= since <= hi for lo, hi in ranges.get((domain, node.op_type), [])) and not has_body:
+            missing.append(f"{(domain + '.') if domain else ''}{node.op_type} (node '{node.name}')")
+    return missing
+
+
+def check_onnx(model: bytes | Any, label: str = "ONNX model", provider: str = "CPUExecutionProvider") -> Any:
+    """The parsed model, after ONNX Runtime's kernel registry and ``onnx.checker`` (full check) accept it."""
+    import onnx
+
+    try:
+        proto = onnx.load_model_from_string(model) if isinstance(model, bytes) else model
+    except Exception as exc:  # protobuf raises DecodeError and others
+        raise EdgenasError(f"{label} is not a valid ONNX model: {_first_line(exc)}") from None
+    missing = _ort_missing_kernels(proto, provider)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise EdgenasError(f"{label} uses op {missing[0]}{more}, which onnxruntime {provider} cannot run")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError
+        raise EdgenasError(f"{label} fails onnx.checker: {_first_line(exc)}") from None
+    return proto
+
+
+def _simplify(proto: Any) -> Any:
+    try:
+        import onnxsim
+    except ImportError:
+        raise EdgenasError("--simplify needs onnxsim, which is not installed: pip install onnxsim "
+                           "(or pip install 'edgenas[export]')") from None
+    try:
+        with _stdout_to("stderr"):
+            simplified, ok = onnxsim.simplify(proto)
+    except Exception as exc:  # onnxsim raises many types
+        raise EdgenasError(f"onnxsim could not simplify the model: {_first_line(exc)}") from None
+    if not ok:
+        raise EdgenasError("onnxsim's simplified model does not match the original; export without --simplify")
+    return simplified
+
+
+def _set_metadata(proto: Any, props: dict[str, str], doc: str) -> None:
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.graph.doc_string = doc
+    proto.doc_string = doc
+
+
+# ----- cost from the graph ---------------------------------------------------------------------------------
+def onnx_cost(model: bytes | Any, input_shape: Sequence[int], by_op: bool = False) -> dict[str, Any]:
+    """Multiply-adds and parameters read from an ONNX graph itself, at batch 1.
+
+    ``onnx_macs`` counts Conv (``output elements x weight elements per output channel``) and Gemm /
+    MatMul (``output elements x reduced dimension``) from shapes inferred with the first input fixed to
+    ``input_shape`` at batch 1 (C, H, W; or N, C, H, W with N ignored); ``onnx_params`` is the number of elements
+    of all initializers. Works on QDQ int8 graphs too (weights come out of DequantizeLinear with their
+    shapes). Deterministic for a given file, so a manifest's figures can be compared exactly.
+    ``by_op`` adds ``onnx_macs_by_op`` (Conv, Gemm, MatMul separately).
+    """
+    import onnx
+    from onnx import shape_inference
+
+    proto = onnx.load_model_from_string(model) if isinstance(model, bytes) else model
+    proto = copy.deepcopy(proto)
+    initializers = {t.name: [int(d) for d in t.dims] for t in proto.graph.initializer}
+    first = next((i for i in proto.graph.input if i.name not in initializers), None)
+    if first is None:
+        raise EdgenasError("the ONNX model has no input")
+    shape = first.type.tensor_type.shape
+    dims = [int(d) for d in input_shape]
+    if len(dims) == len(shape.dim) - 1:
+        dims = [1, *dims]
+    if len(dims) != len(shape.dim) or not dims:
+        raise ConfigError(f"input '{first.name}' has {len(shape.dim)} dimensions; give its shape without or with the "
+                          f"batch dimension, not {list(input_shape)}")
+    dims[0] = 1
+    for d, value in zip(shape.dim, dims):
+        d.Clear()
+        d.dim_value = value
+    try:
+        inferred = shape_inference.infer_shapes(proto, strict_mode=True)
+    except Exception as exc:  # InferenceError
+        raise EdgenasError(f"cannot infer the ONNX graph's shapes at {dims}: {_first_line(exc)}") from None
+    shapes: dict[str, list[int]] = dict(initializers)
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape") and all(d.HasField("dim_value") for d in tensor.shape.dim):
+            shapes[value.name] = [int(d.dim_value) for d in tensor.shape.dim]
+
+    def known(name: str, node: Any) -> list[int]:
+        if name not in shapes:
+            raise EdgenasError(f"onnx_cost: no static shape for '{name}' ({node.op_type} node '{node.name}')")
+        return shapes[name]
+
+    macs_by_op: dict[str, int] = {}
+    for node in inferred.graph.node:
+        if node.op_type == "Conv":
+            out = known(node.output[0], node)
+            weight = known(node.input[1], node)
+            macs = int(np.prod(out)) * int(np.prod(weight[1:]))
+        elif node.op_type == "Gemm":
+            attrs = {a.name: a for a in node.attribute}
+            a = known(node.input[0], node)
+            k = a[0] if ("transA" in attrs and attrs["transA"].i) else a[1]
+            macs = int(np.prod(known(node.output[0], node))) * k
+        elif node.op_type == "MatMul":
+            macs = int(np.prod(known(node.output[0], node))) * known(node.input[0], node)[-1]
+        else:
+            continue
+        macs_by_op[node.op_type] = macs_by_op.get(node.op_type, 0) + macs
+    params = sum(int(np.prod(d)) for d in initializers.values())
+    out: dict[str, Any] = {"onnx_macs": int(sum(macs_by_op.values())), "onnx_params": int(params)}
+    if by_op:
+        out["onnx_macs_by_op"] = dict(sorted(macs_by_op.items()))
+    return out
+
+
+# ----- evaluation -----------------------------------------------------------------------------------------
+def _ort_session(model: bytes) -> Any:
+    """CPU session as deployed (all graph optimisations), threads following torch's setting."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidGraph, NotImplemented)
+        raise EdgenasError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+
+
+def _test_subset(ds: Any, limit: int | None) -> Any:
+    from torch.utils.data import Subset
+
+    from edgenas.data import ArrayDataset
+
+    if limit is None or limit >= len(ds):
+        return ds
+    index = torch.arange(limit)
+    return ds.subset(index) if isinstance(ds, ArrayDataset) else Subset(ds, index.tolist())
+
+
+@dataclass
+class _Predictions:
+    """Top-1 predictions of the torch model and the ONNX models on the same images."""
+
+    labels: list[np.ndarray] = dataclasses.field(default_factory=list)
+    torch_pred: list[np.ndarray] = dataclasses.field(default_factory=list)
+    onnx_pred: list[np.ndarray] = dataclasses.field(default_factory=list)
+    int8_pred: list[np.ndarray] = dataclasses.field(default_factory=list)
+    max_abs_diff: float = 0.0
+    batch_sizes: list[int] = dataclasses.field(default_factory=list)
+
+    def figures(self, key: str) -> dict[str, Any]:
+        y, pred = np.concatenate(self.labels), np.concatenate(getattr(self, key))
+        correct = int((pred == y).sum())
+        return {"accuracy": correct / len(y), "correct": correct, "count": len(y)}
+
+    def agreement(self, a: str, b: str) -> float:
+        return float((np.concatenate(getattr(self, a)) == np.concatenate(getattr(self, b))).mean())
+
+
+def _compare(subnet: nn.Module, fp32: bytes, int8: bytes | None, test: Any) -> _Predictions:
+    from edgenas.data import iterate_batches
+
+    sess = _ort_session(fp32)
+    sess8 = _ort_session(int8) if int8 is not None else None
+    out = _Predictions()
+    model = subnet.cpu().float().eval()
+    with torch.inference_mode():
+        for x, y in iterate_batches(test, EVAL_BATCH, shuffle=False):
+            ref = model(x).numpy()
+            feed = {"input": x.numpy()}
+            got = sess.run(["logits"], feed)[0]
+            out.max_abs_diff = max(out.max_abs_diff, float(np.abs(ref - got).max()))
+            out.labels.append(y.numpy())
+            out.torch_pred.append(ref.argmax(1))
+            out.onnx_pred.append(got.argmax(1))
+            out.batch_sizes.append(int(x.shape[0]))
+            if sess8 is not None:
+                out.int8_pred.append(sess8.run(["logits"], feed)[0].argmax(1))
+    if not out.labels:
+        raise EdgenasError("the test split is empty: parity needs test images")
+    return out
+
+
+class _ImageCalibration:
+    """Calibration batches of real training images, drawn in a seeded order and made lazily.
+
+    A ``CalibrationDataReader`` by duck typing; batches are produced one at a time so calibrating on
+    hundreds of large images never holds them all in memory.
+    """
+
+    def __init__(self, train: Any, count: int, seed: int = CALIB_SEED) -> None:
+        self.train, self.count, self.seed = train, count, seed
+        self.used = 0
+        self._it = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        from edgenas.data import iterate_batches
+
+        self.used = 0
+        gen = torch.Generator().manual_seed(self.seed)
+        for x, _ in iterate_batches(self.train, CALIB_BATCH, shuffle=True, generator=gen):
+            take = min(int(x.shape[0]), self.count - self.used)
+            if take <= 0:
+                return
+            self.used += take
+            yield {"input": np.ascontiguousarray(x[:take].numpy(), dtype=np.float32)}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = self._batches()
+
+
+def _quantize(fp32: bytes, reader: _ImageCalibration) -> tuple[bytes, bool]:
+    """Static int8 QDQ (per-channel int8 weights, uint8 activations, MinMax); whether pre-processing ran."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs hints on the root logger
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgenas-int8-") as tmp, _stdout_to("stderr"):
+            src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+            src.write_bytes(fp32)
+            try:
+                quant_pre_process(str(src), str(pre))
+                preprocessed = pre.is_file()
+            except Exception:  # optional: symbolic shape inference or the optimizer may not handle a graph
+                preprocessed = False
+            quantize_static(str(pre if preprocessed else src), str(dst), reader, quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            return dst.read_bytes(), preprocessed
+    except Exception as exc:  # onnxruntime's quantizer raises many types
+        raise EdgenasError(f"int8 quantization failed: {_first_line(exc)}") from None
+    finally:
+        root.setLevel(level)
+
+
+# ----- the bundle -------------------------------------------------------------------------------------------
+def _load_profile(spec: str | Path | Profile, input_shape: tuple[int, int, int]) -> Profile:
+    from edgenas.hardware.profile import Profile, load_profile
+
+    profile = spec.with_input_shape(input_shape) if isinstance(spec, Profile) else load_profile(spec, input_shape)
+    if profile.runtime != "onnxruntime" or profile.precision != "fp32":
+        raise ConfigError(
+            f"profile '{profile.name}' is {profile.runtime}/{profile.precision}; export measures the fp32 and "
+            "int8 files as they are and needs an fp32 onnxruntime profile such as cpu-ort"
+        )
+    return profile
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_bundle(target: Path, files: dict[str, bytes], manifest: dict[str, Any], overwrite: bool) -> None:
+    """Everything into a temporary sibling directory, then one rename: never half a bundle."""
+    from edgenas.io import atomic_write_bytes, atomic_write_json
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    old: Path | None = None
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)
+        for name, data in files.items():
+            atomic_write_bytes(tmp / name, data)
+        atomic_write_json(tmp / MANIFEST_FILE, manifest)
+        if target.exists():
+            if not overwrite:
+                raise BundleError(f"bundle {target} already exists; pass --force (overwrite=True) to replace it")
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+            os.replace(target, old / "bundle")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if old is not None:
+                os.replace(old / "bundle", target)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def export_bundle(subnet_ckpt: str | Path, config: ExportConfig, *, overwrite: bool = False,
+                  on_progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Export, check, compare, quantize, measure and write the bundle ``<out_dir>/<name>/``.
+
+    Raises :class:`EdgenasError` (one line) when the checkpoint is not a subnet, an op cannot be
+    exported or run, parity fails, or the bundle exists and ``overwrite`` is false. Nothing is
+    written unless every step succeeded.
+    """
+    import onnx
+
+    import edgenas
+    from edgenas.config import from_mapping
+    from edgenas.data import DataConfig, load_dataset
+    from edgenas.extract import load_subnet
+    from edgenas.hardware.flops import FLOPS_CONVENTION, count_flops
+    from edgenas.hardware.measure import OrtMeasurer, runtime_versions
+
+    progress = on_progress or (lambda _stage: None)
+    target = Path(config.out_dir) / config.name
+    if target.exists() and not overwrite:
+        raise BundleError(f"bundle {target} already exists; pass --force (overwrite=True) to replace it")
+    ckpt = Path(subnet_ckpt)
+
+    progress(f"loading {ckpt}")
+    subnet, meta, _ = load_subnet(ckpt)
+    facts = meta.get("data")
+    if not isinstance(facts, dict) or not isinstance(facts.get("config"), dict):
+        raise BundleError(f"{ckpt} records no dataset (meta 'data'); re-extract it with `edgenas extract`")
+    data_cfg = from_mapping(DataConfig, facts["config"], where=f"{ckpt}: data")
+    data = load_dataset(data_cfg)
+    channels, (height, width) = data.in_channels, tuple(data.input_size)
+    saved = (facts.get("in_channels"), list(facts.get("input_size", [])), list(facts.get("class_names", [])))
+    if (channels, [height, width], list(data.class_names)) != saved:
+        raise BundleError(f"{data.name} now loads as {channels}x{height}x{width} with classes "
+                          f"{list(data.class_names)}, not as when {ckpt} was saved; the dataset changed")
+    same = [len(a) == len(b) and np.allclose(a, b, rtol=0, atol=1e-9)
+            for a, b in ((data.mean, facts.get("mean", [])), (data.std, facts.get("std", [])))]
+    if not all(same):
+        raise BundleError(f"{data.name}'s normalisation changed since {ckpt} was saved (mean/std differ)")
+    profile = _load_profile(config.profile, (channels, height, width)) if config.measure else None
+    input_shape = (1, channels, height, width)
+
+    progress(f"exporting to ONNX (opset {config.opset}, dynamic batch)")
+    fp32 = export_onnx(subnet, input_shape, opset=config.opset)  # checked there
+    proto = onnx.load_model_from_string(fp32)
+    if config.simplify:
+        progress("simplifying with onnxsim")
+        proto = check_onnx(_simplify(proto), label="the simplified model.onnx")
+
+    arch = subnet.arch
+    space = meta["space"]
+    normalization = {"mean": list(data.mean), "std": list(data.std), "scale": 1 / 255, "layout": "NCHW",
+                     "input_size": [height, width]}
+    props = {
+        "arch": arch.to_str(), "arch_id": arch.arch_id, "space": str(space.get("name")), "dataset": data.name,
+        "class_names": json.dumps(list(data.class_names)), "normalization": json.dumps(normalization),
+        "edgenas_version": edgenas.__version__, "opset": str(config.opset), "format": BUNDLE_FORMAT,
+    }
+    doc = (f"edgenas subnet {arch.to_str()} (space {space.get('name')}, arch_id {arch.arch_id}) for {data.name}: "
+           f"input 'input' float32 NCHW [N, {channels}, {height}, {width}] = (pixel / 255 - mean) / std; "
+           f"output 'logits' [N, {data.num_classes}] over classes {', '.join(data.class_names)}")
+    _set_metadata(proto, props, doc)
+    fp32 = proto.SerializeToString()
+
+    int8: bytes | None = None
+    int8_info: dict[str, Any] = {}
+    if config.int8:
+        progress(f"quantizing to int8 (QDQ, per-channel), calibrating on {config.calib_images} training images")
+        reader = _ImageCalibration(data.train, config.calib_images)
+        int8, preprocessed = _quantize(fp32, reader)
+        proto8 = check_onnx(int8, label="model.int8.onnx")
+        _set_metadata(proto8, {**props, "precision": "int8"}, doc + "; int8 QDQ quantized")
+        int8 = proto8.SerializeToString()
+        int8_info = {"calib_images": reader.used, "calib_seed": CALIB_SEED, "calib_split": "train",
+                     "preprocessed": preprocessed, "format": "QDQ", "weights": "int8 per-channel",
+                     "activations": "uint8", "calibration": "MinMax"}
+
+    test = _test_subset(data.test, config.parity_images)
+    progress(f"comparing torch and ONNX Runtime on {len(test)} test images")
+    preds = _compare(subnet, fp32, int8, test)
+    agreement = preds.agreement("torch_pred", "onnx_pred")
+    count = sum(preds.batch_sizes)
+    if preds.max_abs_diff > PARITY_TOLERANCE or agreement < MIN_AGREEMENT:
+        raise EdgenasError(
+            f"ONNX Runtime disagrees with torch on {count} test images: max |logit diff| {preds.max_abs_diff:.3g} "
+            f"(tolerance {PARITY_TOLERANCE:g}), top-1 agreement {agreement:.4%} (need {MIN_AGREEMENT:.1%})"
+        )
+    accuracy: dict[str, Any] = {"split": "test", "torch": preds.figures("torch_pred"),
+                                "onnx": preds.figures("onnx_pred"), "int8": None, "int8_drop_points": None}
+    if int8 is not None:
+        accuracy["int8"] = {**preds.figures("int8_pred"), "top1_agreement_with_fp32":
+                            preds.agreement("int8_pred", "onnx_pred"), **int8_info}
+        accuracy["int8_drop_points"] = 100.0 * (accuracy["onnx"]["accuracy"] - accuracy["int8"]["accuracy"])
+
+    progress("counting FLOPs and parameters")
+    flops = count_flops(subnet, input_shape)
+    cost = {"flops": flops.flops, "mflops": flops.mflops, "params": sum(p.numel() for p in subnet.parameters()),
+            "flops_convention": FLOPS_CONVENTION, "input_shape": list(input_shape),
+            **onnx_cost(fp32, input_shape, by_op=True)}
+
+    files = {MODEL_FILE: fp32, **({INT8_FILE: int8} if int8 is not None else {})}
+    latency: dict[str, Any] | None = None
+    profile_info: dict[str, Any] | None = None
+    if profile is not None:
+        m = profile.measure
+        progress(f"measuring latency on {profile.name} ({m.trials} trials x {m.repeats} runs, interleaved)")
+        stats = OrtMeasurer(profile).measure_onnx_many(list(files.values()))
+        latency = {name: {k: v for k, v in s.to_json().items() if k != "samples_ms"}
+                   for name, s in zip(files, stats)}
+        latency["int8_speedup"] = (stats[0].median_ms / stats[1].median_ms) if len(stats) > 1 else None
+        profile_info = {"name": profile.name, "latency_hash": profile.latency_hash(), "batch_size": profile.batch_size,
+                        "threads": profile.threads, "measure": dataclasses.asdict(m)}
+
+    source: dict[str, Any] = {"subnet": str(ckpt.resolve())}
+    for key in ("source", "finetune"):
+        if isinstance(meta.get(key), dict):
+            source[key] = meta[key]
+    manifest: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "name": config.name,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "arch": arch.to_str(),
+        "arch_id": arch.arch_id,
+        "space": space,
+        "data": facts,
+        "input": {"name": "input", "shape": [None, channels, height, width], "dtype": "float32", "layout": "NCHW",
+                  "mean": list(data.mean), "std": list(data.std), "scale": 1 / 255,
+                  "resize": {"method": "bilinear", "antialias": True, "align_corners": False,
+                             "when": "the image size differs from the input size; after normalisation"}},
+        "output": {"name": "logits", "classes": list(data.class_names)},
+        "opset": config.opset,
+        "simplified": config.simplify,
+        "files": {name: {"sha256": _sha256(blob), "bytes": len(blob)} for name, blob in files.items()},
+        "accuracy": accuracy,
+        "parity": {"max_abs_diff": preds.max_abs_diff, "top1_agreement": agreement, "count": count,
+                   "tolerance": PARITY_TOLERANCE, "min_agreement": MIN_AGREEMENT,
+                   "batch_sizes": sorted(set(preds.batch_sizes), reverse=True)},
+        "cost": cost,
+        "profile": profile_info,
+        "latency": latency,
+        "runtime_versions": runtime_versions(),
+        "source": source,
+    }
+    progress(f"writing {target}")
+    _write_bundle(target, files, manifest, overwrite)
+    return ExportResult(target, manifest)
+
+
+# ----- reading bundles ----------------------------------------------------------------------------------------
+def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a bundle directory; one-line errors for anything that is not an edgenas bundle."""
+    bundle = Path(bundle_dir)
+    if not bundle.is_dir():
+        raise BundleError(f"bundle directory {bundle} does not exist")
+    path = bundle / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{bundle} has no {MANIFEST_FILE}: not an edgenas bundle (write one with `edgenas export`)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON: {_first_line(exc)}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path} is not an edgenas bundle manifest (a JSON {type(manifest).__name__})")
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path} has format {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    return manifest
+
+
+def write_manifest(bundle_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Replace a bundle's manifest atomically (the CI check records its baseline this way)."""
+    from edgenas.io import atomic_write_json
+
+    bundle = Path(bundle_dir)
+    if not bundle.is_dir():
+        raise BundleError(f"bundle directory {bundle} does not exist")
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"refusing to write a manifest without format {BUNDLE_FORMAT!r} to {bundle}")
+    return atomic_write_json(bundle / MANIFEST_FILE, manifest)
+
+
+def _preprocess(images: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:
+    """uint8 N,C,H,W -> the model's float input, exactly as the manifest (and training) defines it."""
+    spec = manifest["input"]
+    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(spec["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+    x = images.astype(np.float32) / np.float32(1.0 / float(spec["scale"]))
+    return (x - mean) / std
+
+
+def verify_bundle(bundle_dir: str | Path, data: Any = None, limit: int | None = None,
+                  file: str = MODEL_FILE) -> dict[str, Any]:
+    """Test accuracy of a bundle's ONNX file run with onnxruntime and numpy alone, preprocessing raw uint8
+    test images as its manifest says: an independent check that the manifest describes the model.
+
+    ``data`` is a :class:`~edgenas.data.DatasetSplits` (default: loaded from the manifest's data config);
+    images are resized (through :class:`~edgenas.data.ArrayDataset`) only when they are not the model's size.
+    """
+    from edgenas.config import from_mapping
+    from edgenas.data import ArrayDataset, DataConfig, load_dataset
+
+    bundle = Path(bundle_dir)
+    manifest = read_manifest(bundle)
+    path = bundle / file
+    if not path.is_file():
+        raise BundleError(f"{bundle} has no {file}")
+    if data is None:
+        data = load_dataset(from_mapping(DataConfig, manifest["data"]["config"], where=f"{bundle}: data"))
+    test = data.test
+    if not isinstance(test, ArrayDataset):
+        raise BundleError(f"verify_bundle needs an in-memory dataset of uint8 images, not {type(test).__name__}")
+    images, labels = test.images.numpy(), test.labels.numpy()
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    _, channels, height, width = manifest["input"]["shape"]
+    if images.shape[1] != channels:
+        raise BundleError(f"the test images have {images.shape[1]} channels, the model takes {channels}")
+    sess = _ort_session(path.read_bytes())
+    correct = 0
+    for start in range(0, len(labels), EVAL_BATCH):
+        chunk = images[start:start + EVAL_BATCH]
+        if chunk.shape[2:] != (height, width):
+            if height != width:
+                raise BundleError(f"cannot resize {chunk.shape[2:]} images to a non-square input {height}x{width}")
+            ds = ArrayDataset(torch.from_numpy(chunk), torch.zeros(len(chunk), dtype=torch.int64),
+                              manifest["input"]["mean"], manifest["input"]["std"], resize=height)
+            x = ds.batch(torch.arange(len(chunk)))[0].numpy()
+        else:
+            x = _preprocess(chunk, manifest)
+        pred = sess.run([manifest["output"]["name"]], {manifest["input"]["name"]: x})[0].argmax(1)
+        correct += int((pred == labels[start:start + EVAL_BATCH]).sum())
+    count = len(labels)
+    return {"accuracy": correct / count if count else float("nan"), "correct": correct, "count": count,
+            "file": file}

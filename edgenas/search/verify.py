@@ -1,0 +1,77 @@
+"""Measure the search's finalists end to end, so the budget is checked against real latency.
+
+The search ranks candidates with the latency table's *prediction*, which is within a few percent of
+measured latency but not exact. Before an architecture is recommended for deployment, the top-k
+are built as standalone networks and timed on the profile's target, interleaved (one protocol, see
+:mod:`edgenas.hardware.measure`), and the recommendation is the best-scoring finalist whose measured
+latency (the profile's statistic) is within the budget. Weights do not change latency, so the
+networks are built with their initial weights: no training data is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgenas.hardware.measure import LatencyStats, create_measurer
+from edgenas.hardware.profile import Profile
+from edgenas.search.results import Candidate
+from edgenas.space import SearchSpace
+
+__all__ = ["MeasuredFinalist", "MeasuredFinalists", "measure_finalists"]
+
+
+@dataclass(frozen=True)
+class MeasuredFinalist:
+    arch: str
+    score: float
+    predicted_ms: float | None
+    measured: LatencyStats
+    statistic: str
+    within_budget: bool | None
+
+    @property
+    def measured_ms(self) -> float:
+        return self.measured.value(self.statistic)
+
+    def to_json(self) -> dict[str, Any]:
+        stats = {k: v for k, v in self.measured.to_json().items() if k != "samples_ms"}
+        return {"arch": self.arch, "score": self.score, "predicted_ms": self.predicted_ms,
+                "measured_ms": self.measured_ms, "within_budget": self.within_budget, "stats": stats}
+
+
+@dataclass(frozen=True)
+class MeasuredFinalists:
+    profile: str
+    statistic: str
+    budget_ms: float | None
+    finalists: list[MeasuredFinalist]
+
+    @property
+    def recommended(self) -> MeasuredFinalist | None:
+        """The best-scoring finalist that fits the budget when measured (the best one without a budget)."""
+        fits = [f for f in self.finalists if f.within_budget is not False]
+        return fits[0] if fits else None
+
+    def to_json(self) -> dict[str, Any]:
+        rec = self.recommended
+        return {"profile": self.profile, "statistic": self.statistic, "budget_ms": self.budget_ms,
+                "recommended": rec.arch if rec is not None else None,
+                "finalists": [f.to_json() for f in self.finalists]}
+
+
+def measure_finalists(space: SearchSpace, finalists: Sequence[Candidate], profile: Profile, *, num_classes: int,
+                      in_channels: int, budget_ms: float | None) -> MeasuredFinalists:
+    """Time each finalist (in the given order, best first) on ``profile``, interleaved."""
+    measurer = create_measurer(profile)
+    models = [space.build_subnet(c.arch, num_classes, in_channels) for c in finalists]
+    stats = measurer.measure_many(models, [None] * len(models))
+    statistic = profile.measure.statistic
+    out = []
+    for cand, st in zip(finalists, stats, strict=True):
+        value = st.value(statistic)
+        predicted = cand.metrics.get("latency_ms")
+        out.append(MeasuredFinalist(cand.arch.to_str(), cand.score, None if predicted is None else float(predicted),
+                                    st, statistic, None if budget_ms is None else value <= budget_ms))
+    return MeasuredFinalists(profile.name, statistic, budget_ms, out)
