@@ -8,7 +8,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test lint clean
+.PHONY: setup data demo test lint check-bundle clean
 
 setup: $(BIN)/.installed
 
@@ -39,6 +39,11 @@ lint: setup
 
 test: setup data lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# CI's latency regression check of the reference bundle (baseline recorded in its manifest).
+REFERENCE_BUNDLE := export/fashion-mnist-cpu-ort
+check-bundle: setup
+	$(BIN)/edgenas check $(REFERENCE_BUNDLE) --profile cpu-ort --junit runs/ci/latency.xml
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

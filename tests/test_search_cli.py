@@ -91,3 +91,11 @@ def test_search_option_errors(setup):
     nodata = runner.invoke(cli, ["search", "--profile", str(profile), "--transfer-from",
                                  str(root / "sn" / "supernet.pt")])
     assert nodata.exit_code == 2 and "needs --data" in nodata.stderr
+
+
+def test_search_resize_sets_the_input_size_the_table_must_match(setup):
+    root, profile, runner = setup
+    res = runner.invoke(cli, ["search", "--profile", str(profile), "--transfer-from", str(root / "sn" / "supernet.pt"),
+                              "--data", "digits", "--resize", "12", "--tables-dir", str(root / "none"),
+                              "--out", str(root / "s3"), *SEARCH])
+    assert res.exit_code == 2 and "at 1x12x12" in res.stderr and "--input-shape 1,12,12" in res.stderr
