@@ -20,7 +20,7 @@ import torch
 
 from edgenas.io import atomic_write_text
 
-__all__ = ["DOC_TITLE", "command_line", "machine_info", "machine_markdown", "write_section"]
+__all__ = ["DOC_TITLE", "command_line", "machine_info", "machine_markdown", "publish", "write_section"]
 
 DOC_TITLE = "# edgenas benchmarks"
 _KEY = re.compile(r"[A-Za-z0-9_.-]+")
@@ -117,6 +117,14 @@ def write_section(path: str | os.PathLike[str], key: str, title: str, body_markd
     if new != text:
         atomic_write_text(path, new)
     return path
+
+
+def publish(out: str, key: str, title: str, body_markdown: str) -> None:
+    """Write the section into ``out`` (a markdown file), or print it when ``out`` is ``-``."""
+    if out == "-":
+        print(f"\n## {title}\n\n{body_markdown}")
+    else:
+        print(f"wrote section '{key}' of {write_section(out, key, title, body_markdown)}")
 
 
 def command_line() -> str:

@@ -7,6 +7,7 @@ is reused and an interrupted one resumed, which makes long benchmarks restartabl
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cli", "cli_search", "cli_train"]
+__all__ = ["add_evolution_options", "cli", "cli_search", "cli_train", "evolution_args"]
 
 
 def cli(args: Sequence[str], label: str) -> str:
@@ -51,3 +52,23 @@ def cli_train(args: Sequence[str], out: Path, label: str) -> Path:
     resume = ["--resume"] if final.is_file() else []
     cli(["train", *args, "--out", str(out), *resume], label)
     return final
+
+
+def add_evolution_options(p: argparse.ArgumentParser) -> None:
+    """The search settings every search benchmark exposes, with one CPU-scale default."""
+    p.add_argument("--profile", default="cpu-ort")
+    p.add_argument("--tables-dir", default="latency_tables")
+    p.add_argument("--population", type=int, default=16)
+    p.add_argument("--generations", type=int, default=4)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--mutations", type=int, default=6)
+    p.add_argument("--crossovers", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def evolution_args(args: argparse.Namespace) -> list[str]:
+    """``edgenas search`` options for :func:`add_evolution_options` (tiny ones with ``--quick``)."""
+    if getattr(args, "quick", False):
+        return ["--population", "8", "--generations", "2", "--topk", "3", "--mutations", "3", "--crossovers", "3"]
+    return ["--population", str(args.population), "--generations", str(args.generations), "--topk", str(args.topk),
+            "--mutations", str(args.mutations), "--crossovers", str(args.crossovers)]

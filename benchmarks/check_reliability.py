@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import command_line, machine_info, machine_markdown, write_section
+from _report import command_line, machine_info, machine_markdown, publish
 
 from edgenas.check import (
     Baseline,
@@ -278,10 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "baseline": baseline.to_json(), "slowdown": slowdown, "slowdown_ratios": ratios,
             "branch": branch.to_json(), "unchanged": [asdict(r) for r in unchanged],
             "slower": [asdict(r) for r in slow]}, indent=2))
-    if args.out == "-":
-        print(f"\n## {SECTION_TITLE}\n\n{body}")
-    else:
-        print(f"wrote section '{SECTION_KEY}' of {write_section(args.out, SECTION_KEY, SECTION_TITLE, body)}")
+    publish(args.out, SECTION_KEY, SECTION_TITLE, body)
     _say(f"total {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import command_line, machine_info, machine_markdown, write_section
+from _report import command_line, machine_info, machine_markdown, publish
 
 from edgenas.hardware.calibration import ErrorFigures, error_figures, fit_calibration
 from edgenas.hardware.measure import create_measurer
@@ -388,10 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [run_size(args, size) for size in args.input_size]
     out = Path(args.out) if args.out != "-" else Path.cwd() / "BENCHMARKS.md"
     body = format_report(results, args, out)
-    if args.out == "-":
-        print(f"\n## {SECTION_TITLE}\n\n{body}")
-    else:
-        print(f"wrote section '{SECTION_KEY}' of {write_section(args.out, SECTION_KEY, SECTION_TITLE, body)}")
+    publish(args.out, SECTION_KEY, SECTION_TITLE, body)
     _say(f"total {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -82,7 +82,7 @@ def ground_truth(arch: Any, space: Any, data: Any, args: argparse.Namespace, wor
         return json.loads(cache.read_text())
     subnet = space.build_subnet(arch, data.num_classes, data.in_channels)
     cfg = FinetuneConfig(epochs=args.gt_epochs, from_scratch=True, patience=args.gt_epochs, seed=0, threads=1,
-                         train_limit=args.gt_train_limit, lr=0.1)
+                         train_limit=args.gt_train_limit, lr=0.1, batch_size=args.gt_batch_size)
     res = finetune(subnet, data, cfg, work / "gt" / arch.arch_id, device=torch.device("cpu"))
     doc = {"arch": arch.to_str(), "test_accuracy": res.test_accuracy, "test_count": res.test_count,
            "val_accuracy": res.val_accuracy, "seconds": res.seconds}
@@ -168,7 +168,8 @@ def _markdown(args: argparse.Namespace, figures: dict[str, dict[str, float]], tr
              machine_markdown(machine_info()), "", f"Command: `{command_line()}`", "",
              f"{n} legal architectures under {args.budget:g} ms (`{args.profile}` table) sampled with the search's "
              f"sampler (seed {args.seed}). Ground truth: each trained from scratch for {args.gt_epochs} epoch(s) on "
-             f"{args.gt_train_limit} {data.name} training images (SGD lr 0.1, cosine, label smoothing 0.1), "
+             f"{args.gt_train_limit} {data.name} training images (SGD lr 0.1, batch {args.gt_batch_size}, cosine, "
+             "label smoothing 0.1), "
              f"test accuracy on {data.test.__len__()} test images: {truth.min():.2%} to {truth.max():.2%}. "
              f"Proxies: validation accuracy on {args.val_limit} images with BN recalibrated, on the SPOS supernet "
              f"and on the supernet after a shifting search (population {args.population}, {args.generations} "
@@ -198,6 +199,7 @@ def main() -> None:
     p.add_argument("--archs", type=int, default=30)
     p.add_argument("--gt-epochs", type=int, default=1)
     p.add_argument("--gt-train-limit", type=int, default=10000)
+    p.add_argument("--gt-batch-size", type=int, default=64)
     p.add_argument("--val-limit", type=int, default=2000)
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--population", type=int, default=16)

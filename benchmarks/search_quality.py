@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from _report import command_line, machine_info, machine_markdown, write_section
-from _runs import cli_search
+from _runs import add_evolution_options, cli_search, evolution_args
 
 from edgenas.data import DataConfig, load_dataset
 from edgenas.evaluate import score_archs
@@ -65,10 +65,7 @@ def _distinct(doc: dict[str, Any]) -> int:
 
 
 def run(args: argparse.Namespace) -> str:
-    evo = (["--population", "8", "--generations", "2", "--topk", "3", "--mutations", "3", "--crossovers", "3"]
-           if args.quick else
-           ["--population", str(args.population), "--generations", str(args.generations), "--topk", str(args.topk),
-            "--mutations", str(args.mutations), "--crossovers", str(args.crossovers)])
+    evo = evolution_args(args)
     work = Path(args.work)
     supernet, meta, _ = load_checkpoint(args.supernet)
     data_cfg = DataConfig(**{**dict(meta.get("data") or {}), "train_limit": None})
@@ -148,16 +145,9 @@ def _markdown(args: argparse.Namespace, sections: list[tuple[float, list[dict[st
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--supernet", required=True, help="Supernet checkpoint from `edgenas train`.")
-    p.add_argument("--profile", default="cpu-ort")
-    p.add_argument("--tables-dir", default="latency_tables")
+    add_evolution_options(p)
     p.add_argument("--budgets", type=float, nargs="+", default=[0.5], help="Latency budgets in ms.")
-    p.add_argument("--population", type=int, default=16)
-    p.add_argument("--generations", type=int, default=4)
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--mutations", type=int, default=6)
-    p.add_argument("--crossovers", type=int, default=6)
     p.add_argument("--val-limit", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--work", default="runs/bench-search", help="Where the search runs go (resumable).")
     p.add_argument("--quick", action="store_true", help="Tiny searches: a smoke test of the script.")

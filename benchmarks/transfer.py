@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from _report import command_line, machine_info, machine_markdown, write_section
-from _runs import cli_search, cli_train
+from _runs import add_evolution_options, cli_search, cli_train, evolution_args
 
 from edgenas.data import DataConfig, load_dataset
 from edgenas.evaluate import score_archs
@@ -50,15 +50,14 @@ def run(args: argparse.Namespace) -> str:
     work = Path(args.work)
     source, source_meta, _ = load_checkpoint(args.source)
     space = source.space
-    evo = (["--population", "8", "--generations", "2", "--topk", "3", "--mutations", "3", "--crossovers", "3"]
-           if args.quick else
-           ["--population", str(args.population), "--generations", str(args.generations), "--topk", str(args.topk),
-            "--mutations", str(args.mutations), "--crossovers", str(args.crossovers)])
+    evo = evolution_args(args)
     common = ["--profile", args.profile, "--tables-dir", args.tables_dir, "--latency-ms", str(args.budget),
-              "--seed", str(args.seed), "--device", "cpu", "--shift-batches", str(args.shift_batches), *evo]
+              "--seed", str(args.seed), "--device", "cpu", "--shift-batches", str(args.shift_batches),
+              "--shift-update", args.shift_update, *(["--shift-lr", str(args.shift_lr)] if args.shift_lr else []), *evo]
     width = space.config_dict().get("width_mult", 1.0)
     train_args = ["--space", space.name, "--width-mult", str(width), "--data", args.target,
-                  "--epochs", str(2 if args.quick else args.target_epochs), "--seed", str(args.seed), "--threads", "1",
+                  "--epochs", str(2 if args.quick else args.target_epochs), "--batch-size", str(args.target_batch_size),
+                  "--seed", str(args.seed), "--threads", "1",
                   "--device", "cpu", *(["--resize", str(args.resize)] if args.resize else [])]
     target_ckpt = cli_train(train_args, work / "target-supernet", "train on target")
     target_sn, target_meta, _ = load_checkpoint(target_ckpt)
@@ -97,9 +96,11 @@ def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]], source_meta:
         f"Command: `{command_line()}`", "",
         f"Source supernet `{args.source}` ({source_meta.get('data', {}).get('name')}, "
         f"{src_train.get('epochs')} epochs); target {target} resized to {args.resize or 'native'} px, "
-        f"target supernet trained {tgt_train.get('epochs')} epochs from scratch with the same space. "
+        f"target supernet trained {tgt_train.get('epochs')} epochs (batch {tgt_train.get('batch_size')}) from "
+        "scratch with the same space. "
         f"Budget {args.budget:g} ms on `{args.profile}`; every search: {' '.join(args.evo_text)}, "
-        f"{args.shift_batches} shifting batch(es) per candidate, seed {args.seed}.", "",
+        f"{args.shift_batches} shifting batch(es) per candidate, shifting update per {args.shift_update}, "
+        f"shifting lr {args.shift_lr or 'default'}, seed {args.seed}.", "",
         "| search | architecture | val | test, own final supernet | test, target-trained supernet "
         "| gap to target (own) | predicted ms | shift steps / batches | search s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -120,16 +121,12 @@ def main() -> None:
     p.add_argument("--target", default="digits")
     p.add_argument("--resize", type=int, default=28, help="Resize target images (0: native size).")
     p.add_argument("--target-epochs", type=int, default=30)
-    p.add_argument("--profile", default="cpu-ort")
-    p.add_argument("--tables-dir", default="latency_tables")
+    add_evolution_options(p)
     p.add_argument("--budget", type=float, default=0.5)
-    p.add_argument("--population", type=int, default=16)
-    p.add_argument("--generations", type=int, default=4)
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--mutations", type=int, default=6)
-    p.add_argument("--crossovers", type=int, default=6)
     p.add_argument("--shift-batches", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shift-update", choices=["generation", "candidate"], default="generation")
+    p.add_argument("--shift-lr", type=float, default=None)
+    p.add_argument("--target-batch-size", type=int, default=128)
     p.add_argument("--work", default="runs/bench-transfer")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=str(DEFAULT_OUT))
