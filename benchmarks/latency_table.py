@@ -388,7 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [run_size(args, size) for size in args.input_size]
     out = Path(args.out) if args.out != "-" else Path.cwd() / "BENCHMARKS.md"
     body = format_report(results, args, out)
-    publish(args.out, SECTION_KEY, SECTION_TITLE, body)
+    key, title = SECTION_KEY, SECTION_TITLE
+    if args.profile != "cpu-ort":  # one section per profile, so profiles do not overwrite each other
+        key, title = f"{SECTION_KEY}_{args.profile}", f"{SECTION_TITLE} ({args.profile})"
+    publish(args.out, key, title, body)
     _say(f"total {time.perf_counter() - start:.0f} s")
     return 0
 
