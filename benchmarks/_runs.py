@@ -31,12 +31,13 @@ def cli(args: Sequence[str], label: str) -> str:
 
 
 def cli_search(args: Sequence[str], out: Path, label: str) -> dict[str, Any]:
-    """``edgenas search ARGS --out OUT --json``, reusing a finished run with measured finalists."""
+    """``edgenas search ARGS --out OUT --json``, reusing a finished run (with measured finalists unless
+    ``--no-measure`` is among ARGS)."""
     if (out / "search.json").is_file() and not (out / "checkpoint.pt").is_file():
         raise SystemExit(f"{out} has search.json but no checkpoint: not a search run directory")
     if (out / "search.json").is_file():
         doc = json.loads((out / "search.json").read_text())
-        if doc.get("measured") is not None:
+        if doc.get("measured") is not None or "--no-measure" in args:
             print(f"[{label}] reusing {out}", file=sys.stderr)
             return doc
     resume = ["--resume"] if (out / "checkpoint.pt").is_file() else []

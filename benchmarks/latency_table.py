@@ -163,7 +163,8 @@ def run_size(args: argparse.Namespace, size: int) -> SizeResult:
         cal = table.calibration
         isolated.calibration = fit_calibration([isolated.predict_raw(space.parse(a)) for a in cal.archs],
                                                cal.measured_ms, cal.archs)
-    plot = Path(args.img_dir) / f"latency_table_{profile.name}_{args.space}_{size}.png"
+    tag = args.section if args.section is not None else profile.name
+    plot = Path(args.img_dir) / f"latency_table_{tag}_{args.space}_{size}.png"
     val = validate_table(table, space, profile, n=args.validate, seed=args.seed + 1, plot_path=plot,
                          on_progress=_say)
     archs = [space.parse(a) for a in val.archs]
@@ -369,6 +370,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(DEFAULT_OUT), help="markdown file whose section is rewritten ('-': print)")
     p.add_argument("--img-dir", help="where the scatter plots go (default: img/ next to --out)")
     p.add_argument("--tables-dir", help="also save the validated tables here")
+    p.add_argument("--section", default=None,
+                   help="write to the section latency_table_SECTION (e.g. the profile) instead of latency_table")
     p.add_argument("--note", default="", help="free text appended to the section")
     args = p.parse_args(argv)
     for name, value in (QUICK if args.quick else FULL).items():
@@ -389,8 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out != "-" else Path.cwd() / "BENCHMARKS.md"
     body = format_report(results, args, out)
     key, title = SECTION_KEY, SECTION_TITLE
-    if args.profile != "cpu-ort":  # one section per profile, so profiles do not overwrite each other
-        key, title = f"{SECTION_KEY}_{args.profile}", f"{SECTION_TITLE} ({args.profile})"
+    if args.section is not None:  # e.g. one section per profile, so runs do not overwrite each other
+        key, title = f"{SECTION_KEY}_{args.section}", f"{SECTION_TITLE} ({args.section})"
     publish(args.out, key, title, body)
     _say(f"total {time.perf_counter() - start:.0f} s")
     return 0

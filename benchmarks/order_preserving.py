@@ -184,8 +184,10 @@ def _markdown(args: argparse.Namespace, figures: dict[str, dict[str, float]], tr
         lines.append(f"| shifted, mean ± std over {len(shift_keys)} seeds | "
                      + " | ".join(f"{mean[k]:.3f} ± {std[k]:.3f}" for k in keys) + " |")
         delta = mean["tau_top25"] - figures["spos"]["tau_top25"]
-        lines += ["", f"Local order preserving (tau over the top quartile): shifted minus SPOS = {delta:+.3f} "
-                  f"({'better' if delta > 0 else 'not better'} here; the seed spread is ±{std['tau_top25']:.3f})."]
+        clear = abs(delta) > 2 * std["tau_top25"]
+        verdict = ("shifting better" if delta > 0 else "shifting worse") if clear else "no difference beyond the noise"
+        lines += ["", f"Local order preserving (Kendall tau over the top quartile, {max(4, n // 4)} architectures): "
+                  f"shifted minus SPOS = {delta:+.3f}, seed spread ±{std['tau_top25']:.3f}: {verdict}."]
     lines += ["", f"![order preserving](img/{PLOT.name})"]
     return "\n".join(lines)
 

@@ -47,6 +47,7 @@ SECTION_KEY = "search_quality"
 SECTION_TITLE = "Search quality under a latency budget: shifting vs SPOS evolution vs random"
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "BENCHMARKS.md"
+PLOT = REPO / "docs" / "img" / "search_quality.png"
 METHODS = ("shift", "spos", "random")
 
 
@@ -104,7 +105,32 @@ def run(args: argparse.Namespace) -> str:
                 "seconds": doc.get("seconds_this_session", float("nan")),
             })
         sections.append((budget, rows))
+    _plot(sections)
     return _markdown(args, sections, profile.measure.statistic, data.name)
+
+
+def _plot(sections: list[tuple[float, list[dict[str, Any]]]]) -> None:
+    """Test accuracy (same SPOS weights) vs measured latency of every winner, with the budget lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {"shift": "^", "spos": "o", "random": "x"}
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for method, marker in markers.items():
+        pts = [(r["measured_ms"], r["test_spos"] * 100) for _, rows in sections for r in rows if r["method"] == method]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=60, label=method)
+    for budget, _ in sections:
+        ax.axvline(budget, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("measured latency, ms (cpu-ort)")
+    ax.set_ylabel("test accuracy on the SPOS supernet (%)")
+    ax.set_title("Search winners per budget (dashed lines)")
+    ax.legend()
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
 
 
 def _markdown(args: argparse.Namespace, sections: list[tuple[float, list[dict[str, Any]]]], statistic: str,
@@ -139,6 +165,7 @@ def _markdown(args: argparse.Namespace, sections: list[tuple[float, list[dict[st
         out += ["", f"Shift vs random (same weights, test, {shift['count']} images): "
                 f"{(shift['test_spos'] - best_random['test_spos']) * 100:+.2f} points on the SPOS supernet, "
                 f"{(shift['test_shift'] - best_random['test_shift']) * 100:+.2f} points on the shifted supernet.", ""]
+    out += [f"![winners: accuracy vs measured latency](img/{PLOT.name})"]
     return "\n".join(out)
 
 
