@@ -123,8 +123,8 @@ def save_subnet(path: str | Path, subnet: Subnet, meta: dict[str, Any], train_st
     """Write a subnet checkpoint atomically, with a readable JSON sidecar of its metadata."""
     space = _subnet_space(subnet)
     full = {"format": SUBNET_FORMAT, "space": space_to_dict(space), "arch": subnet.arch.to_str(),
-            "arch_id": subnet.arch.arch_id, "num_classes": subnet.head.classifier.out_features,
-            "in_channels": _in_channels(subnet), **meta}
+            "arch_id": subnet.arch.arch_id, "num_classes": subnet.num_classes,
+            "in_channels": subnet.in_channels, **meta}
     blob: dict[str, Any] = {"model": {k: v.detach().cpu() for k, v in subnet.state_dict().items()}, "meta": full}
     if train_state is not None:
         blob["train_state"] = train_state
@@ -168,8 +168,3 @@ def _subnet_space(subnet: Subnet) -> Any:
     if space is None:
         raise EdgenasError("the subnet does not record its space; build it with space.build_subnet")
     return space
-
-
-def _in_channels(subnet: Subnet) -> int:
-    conv = next(m for m in subnet.stem.modules() if isinstance(m, torch.nn.Conv2d))
-    return int(conv.in_channels)

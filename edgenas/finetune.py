@@ -223,14 +223,6 @@ def _fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _num_classes(subnet: Subnet) -> int:
-    return int(subnet.head.classifier.out_features)
-
-
-def _in_channels(subnet: Subnet) -> int:
-    return int(next(m for m in subnet.stem.modules() if isinstance(m, nn.Conv2d)).in_channels)
-
-
 def _limited(data: DatasetSplits, limit: int | None) -> DatasetSplits:
     """The first ``limit`` training images, like ``DataConfig.train_limit`` (same order, val untouched)."""
     if limit is None or limit >= len(data.train):  # type: ignore[arg-type]
@@ -291,8 +283,8 @@ def _finetune(
     meta: dict[str, Any] | None,
 ) -> FinetuneResult:
     t_start = time.perf_counter()
-    if data.num_classes != _num_classes(subnet) or data.in_channels != _in_channels(subnet):
-        raise EdgenasError(f"the subnet ({_num_classes(subnet)} classes, {_in_channels(subnet)}-channel input) does "
+    if data.num_classes != subnet.num_classes or data.in_channels != subnet.in_channels:
+        raise EdgenasError(f"the subnet ({subnet.num_classes} classes, {subnet.in_channels}-channel input) does "
                            f"not fit {data.name} ({data.num_classes} classes, {data.in_channels} channels)")
     data = _limited(data, config.train_limit)
     n_train = len(data.train)  # type: ignore[arg-type]
@@ -329,7 +321,7 @@ def _finetune(
         if subnet.space is None:
             raise EdgenasError("from_scratch needs the subnet's space; build it with space.build_subnet")
         torch.manual_seed(config.seed)
-        student = subnet.space.build_subnet(subnet.arch, _num_classes(subnet), _in_channels(subnet))
+        student = subnet.space.build_subnet(subnet.arch, subnet.num_classes, subnet.in_channels)
     else:
         student = copy.deepcopy(subnet)
     run.place(student)

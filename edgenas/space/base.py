@@ -252,5 +252,14 @@ class Subnet(nn.Module):
         self.layers = nn.Sequential(*blocks)
         self.head = head
 
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.classifier.out_features)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the stem's first convolution (what the network must be fed)."""
+        return int(next(m for m in self.stem.modules() if isinstance(m, nn.Conv2d)).in_channels)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.layers(self.stem(x)))
