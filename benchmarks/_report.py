@@ -8,6 +8,7 @@ the machine they came from, hence :func:`machine_info` next to it.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import platform
 import re
@@ -20,7 +21,7 @@ import torch
 
 from edgenas.io import atomic_write_text
 
-__all__ = ["DOC_TITLE", "command_line", "machine_info", "machine_markdown", "publish", "write_section"]
+__all__ = ["DOC_TITLE", "command_line", "machine_info", "machine_markdown", "provenance", "publish", "write_section"]
 
 DOC_TITLE = "# edgenas benchmarks"
 _KEY = re.compile(r"[A-Za-z0-9_.-]+")
@@ -117,6 +118,12 @@ def write_section(path: str | os.PathLike[str], key: str, title: str, body_markd
     if new != text:
         atomic_write_text(path, new)
     return path
+
+
+def provenance(info: dict[str, Any] | None = None) -> list[str]:
+    """The opening lines of every section: when, the exact command, and the machine."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return [f"Measured {now} with", "", "```", command_line(), "```", "", machine_markdown(info or machine_info())]
 
 
 def publish(out: str, key: str, title: str, body_markdown: str) -> None:

@@ -25,7 +25,6 @@ What it does, on a copy of the bundle in a temporary directory (the bundle itsel
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import command_line, machine_info, machine_markdown, publish
+from _report import machine_info, provenance, publish
 
 from edgenas.check import (
     Baseline,
@@ -178,11 +177,10 @@ def _counts(runs: list[Run], attr: str) -> str:
 def format_report(args: argparse.Namespace, bundle: Path, baseline: Baseline, update_s: float,
                   unchanged: list[Run], slow: list[Run], branch: ReferenceSpec, slowdown: float,
                   slowdown_ratios: list[float], load_before: tuple[float, ...] | None) -> str:
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     info = machine_info()
     tol = args.tolerance
     trials = baseline.trials
-    lines = [f"Measured {now} with", "", "```", command_line(), "```", "", machine_markdown(info)]
+    lines = provenance(info)
     if load_before is not None:
         lines.append(f"- load average (1/5/15 min) at the start: {' / '.join(f'{x:.2f}' for x in load_before)}")
     ref = baseline.reference

@@ -14,14 +14,13 @@ from the bundle's manifest, where the export measured them on the real test spli
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from _report import command_line, machine_info, machine_markdown, write_section
+from _report import provenance, write_section
 
 from edgenas.export import INT8_FILE, MODEL_FILE, read_manifest
 from edgenas.hardware.measure import OrtMeasurer, TorchCpuMeasurer
@@ -65,8 +64,7 @@ def measure_bundle(bundle: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
-    lines = [f"Measured {dt.date.today().isoformat()} on this machine (CPU; no GPU was lent).", "",
-             machine_markdown(machine_info()), "", f"Command: `{command_line()}`", "",
+    lines = [*provenance(), "", "Scale: CPU (no GPU was lent).", "",
              f"Latency: medians over {args.rounds} rounds, each round timing ONNX Runtime (`{args.ort_profile}`: "
              f"fp32 and int8 interleaved) and then torch eager (`{args.torch_profile}`), batch 1, 1 thread; ratios "
              "are taken within a round. Accuracy and parity: from each bundle's manifest (measured by "

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import os
 import sys
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import command_line, machine_info, machine_markdown, publish
+from _report import provenance, publish
 
 from edgenas.hardware.calibration import ErrorFigures, error_figures, fit_calibration
 from edgenas.hardware.measure import create_measurer
@@ -220,17 +219,10 @@ def _relpath(path: Path, out: Path) -> str:
 
 
 def format_report(results: Sequence[SizeResult], args: argparse.Namespace, out: Path) -> str:
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     p = results[0].profile
     m = p.measure
     lines = [
-        f"Measured {now} with",
-        "",
-        "```",
-        command_line(),
-        "```",
-        "",
-        machine_markdown(machine_info()),
+        *provenance(),
         f"- profile `{p.name}`: {p.runtime} {p.provider or ''}, {p.threads} intra-op thread(s), batch {p.batch_size}, "
         f"{p.precision}, graph optimisation {p.graph_optimization}; protocol {m.trials} trials x ({m.warmup} warm-up "
         f"+ {m.repeats} timed runs), statistic {m.statistic}" + (" (**--quick**: smoke test, not figures to quote)"

@@ -24,7 +24,6 @@ an interrupted run resumes. Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _report import command_line, machine_info, machine_markdown, write_section
+from _report import provenance, write_section
 from _runs import cli_search
 from scipy import stats
 
@@ -164,8 +163,7 @@ def _markdown(args: argparse.Namespace, figures: dict[str, dict[str, float]], tr
     scale = "QUICK smoke scale: not figures to quote" if args.quick else "reduced CPU scale (no GPU was lent)"
     keys = ("tau", "rho", "tau_top25", "rho_top25", "p_at_5")
     shift_keys = [k for k in figures if k.startswith("shift")]
-    lines = [f"Measured {dt.date.today().isoformat()} on this machine, {scale}.", "",
-             machine_markdown(machine_info()), "", f"Command: `{command_line()}`", "",
+    lines = [*provenance(), "", f"Scale: {scale}.", "",
              f"{n} legal architectures under {args.budget:g} ms (`{args.profile}` table) sampled with the search's "
              f"sampler (seed {args.seed}). Ground truth: each trained from scratch for {args.gt_epochs} epoch(s) on "
              f"{args.gt_train_limit} {data.name} training images (SGD lr 0.1, batch {args.gt_batch_size}, cosine, "

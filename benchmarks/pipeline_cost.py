@@ -13,7 +13,6 @@ shifting step's training batches and the bookkeeping).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import command_line, machine_info, machine_markdown, write_section
+from _report import provenance, write_section
 
 from edgenas.data import DataConfig, load_dataset
 from edgenas.evaluate import prepare_scoring, score_arch
@@ -60,8 +59,7 @@ def main() -> None:
         seconds.append(time.perf_counter() - start)
     per_search = stages["search"]["seconds"] / max(1, search["evaluated"])
 
-    lines = [f"Measured {dt.date.today().isoformat()} on this machine (CPU; no GPU was lent).", "",
-             machine_markdown(machine_info()), "", f"Command: `{command_line()}`", "",
+    lines = [*provenance(), "", "Scale: CPU (no GPU was lent).", "",
              "Run settings: " + ", ".join(f"{k} `{v}`" for k, v in log["settings"].items() if v is not None) + ".", "",
              "| stage | wall time | share |", "|---|---:|---:|"]
     for name, rec in stages.items():

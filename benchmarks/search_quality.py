@@ -26,7 +26,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 from pathlib import Path
@@ -34,13 +33,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from _report import command_line, machine_info, machine_markdown, write_section
+from _report import provenance, write_section
 from _runs import add_evolution_options, cli_search, evolution_args
 
 from edgenas.data import DataConfig, load_dataset
 from edgenas.evaluate import score_archs
 from edgenas.hardware.measure import create_measurer
 from edgenas.hardware.profile import load_profile
+from edgenas.search.verify import deployable_arch
 from edgenas.supernet import load_checkpoint
 
 SECTION_KEY = "search_quality"
@@ -55,10 +55,6 @@ def _search(args: argparse.Namespace, budget: float, method: str, out: Path, ext
     return cli_search(["--profile", args.profile, "--supernet", args.supernet, "--tables-dir", args.tables_dir,
                        "--latency-ms", str(budget), "--val-limit", str(args.val_limit), "--seed", str(args.seed),
                        "--device", args.device, *extra], out, f"{method} @ {budget:g} ms")
-
-
-def _winner(doc: dict[str, Any]) -> str:
-    return (doc.get("measured") or {}).get("recommended") or doc["best"]["arch"]
 
 
 def _distinct(doc: dict[str, Any]) -> int:
@@ -83,7 +79,7 @@ def run(args: argparse.Namespace) -> str:
         docs["random"] = _search(args, budget, "random", work / f"b{budget:g}" / "random",
                                  ["--no-shift", "--population", str(n), "--generations", "1", "--topk", topk,
                                   "--mutations", "0", "--crossovers", "0"])
-        winners = {m: supernet.space.parse(_winner(docs[m])) for m in METHODS}
+        winners = {m: supernet.space.parse(deployable_arch(docs[m])) for m in METHODS}
         shifted, _, _ = load_checkpoint(work / f"b{budget:g}" / "shift" / "supernet.pt")
         archs = [winners[m] for m in METHODS]
         print(f"[{budget:g} ms] scoring winners on the test split ...", file=sys.stderr)
@@ -137,11 +133,9 @@ def _markdown(args: argparse.Namespace, sections: list[tuple[float, list[dict[st
               data_name: str) -> str:
     scale = "QUICK smoke scale: not figures to quote" if args.quick else "CPU scale (no GPU was lent)"
     out = [
-        f"Measured {dt.date.today().isoformat()} on this machine, {scale}.",
+        *provenance(),
         "",
-        machine_markdown(machine_info()),
-        "",
-        f"Command: `{command_line()}`",
+        f"Scale: {scale}.",
         "",
         f"Dataset {data_name}; supernet `{args.supernet}`; profile `{args.profile}`; seed {args.seed}; "
         f"candidates scored on {args.val_limit} validation images (carved from the training split); winners "

@@ -24,7 +24,6 @@ How it keeps the comparison honest:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import statistics
 import sys
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _report import command_line, machine_info, machine_markdown, write_section
+from _report import machine_info, provenance, write_section
 from torch import nn
 
 from edgenas.data import DataConfig, DatasetSplits, iterate_batches, load_dataset
@@ -196,16 +195,9 @@ def _n(count: int, noun: str) -> str:
 def format_report(samples: dict[Setting, list[float]], work: Workload, args: argparse.Namespace,
                   info: dict[str, Any], load_before: tuple[float, float, float] | None) -> str:
     """The markdown body of the section: provenance first, then the table, the ratios and raw samples."""
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     hw = tuple(work.data.input_size)
     lines = [
-        f"Measured {now} with",
-        "",
-        "```",
-        command_line(),
-        "```",
-        "",
-        machine_markdown(info),
+        *provenance(info),
         f"- {_load_note(load_before, int(info['usable_cores'] or 1), int(info['torch_threads']))}"
         if load_before else "",
         "",

@@ -23,27 +23,23 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from _report import command_line, machine_info, machine_markdown, write_section
+from _report import provenance, write_section
 from _runs import add_evolution_options, cli_search, cli_train, evolution_args
 
 from edgenas.data import DataConfig, load_dataset
 from edgenas.evaluate import score_archs
+from edgenas.search.verify import deployable_arch
 from edgenas.supernet import load_checkpoint
 
 SECTION_KEY = "transfer"
 SECTION_TITLE = "Transfer: shifting a Fashion-MNIST supernet onto another dataset"
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "BENCHMARKS.md"
-
-
-def _winner(doc: dict[str, Any]) -> str:
-    return (doc.get("measured") or {}).get("recommended") or doc["best"]["arch"]
 
 
 def run(args: argparse.Namespace) -> str:
@@ -73,7 +69,7 @@ def run(args: argparse.Namespace) -> str:
     data = load_dataset(data_cfg)
     rows = []
     for name, doc in runs.items():
-        arch = space.parse(_winner(doc))
+        arch = space.parse(deployable_arch(doc))
         final, _, _ = load_checkpoint(dirs[name] / "supernet.pt")
         own = score_archs(final, [arch], data, split="test", seed=args.seed)[0]
         ref = score_archs(target_sn, [arch], data, split="test", seed=args.seed)[0]
@@ -91,9 +87,7 @@ def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]], source_meta:
     tgt_train = target_meta.get("train", {})
     ref = next(r for r in rows if r["name"] == "target")
     out = [
-        f"Measured {dt.date.today().isoformat()} on this machine, {scale}.", "",
-        machine_markdown(machine_info()), "",
-        f"Command: `{command_line()}`", "",
+        *provenance(), "", f"Scale: {scale}.", "",
         f"Source supernet `{args.source}` ({source_meta.get('data', {}).get('name')}, "
         f"{src_train.get('epochs')} epochs); target {target} resized to {args.resize or 'native'} px, "
         f"target supernet trained {tgt_train.get('epochs')} epochs (batch {tgt_train.get('batch_size')}) from "

@@ -25,6 +25,7 @@ from edgenas.config import from_mapping, to_mapping
 from edgenas.data import DataConfig, DatasetSplits
 from edgenas.errors import CheckpointError, EdgenasError, SpaceError
 from edgenas.io import atomic_torch_save, atomic_write_json, read_json, safe_torch_load
+from edgenas.search.verify import deployable_arch
 from edgenas.space import Arch, Subnet, space_from_dict, space_to_dict
 from edgenas.supernet import Supernet, inherit_subnet, load_checkpoint, recalibrate_bn
 from edgenas.train import recal_batches, to_device
@@ -74,8 +75,7 @@ def resolve_run(run_dir: str | Path, arch: str | None = None) -> RunSelection:
     if not candidate.is_file():
         raise CheckpointError(f"the supernet of {run} ({candidate}) is missing")
     space = space_from_dict(doc["config"]["space"])
-    recommended = dict(doc.get("measured") or {}).get("recommended")  # best that fits the budget when timed
-    text = arch if arch is not None else recommended or doc["best"]["arch"]
+    text = arch if arch is not None else deployable_arch(doc)
     try:
         chosen = space.parse(text)
     except SpaceError as exc:

@@ -17,6 +17,7 @@ from typing import Any
 
 from edgenas.errors import EdgenasError
 from edgenas.io import atomic_write_json, atomic_write_text, read_json
+from edgenas.search.verify import deployable_arch
 
 __all__ = ["STAGES", "StageLog", "pipeline_summary", "render_report"]
 
@@ -95,7 +96,7 @@ def pipeline_summary(run_dir: Path, log: StageLog) -> list[tuple[str, str]]:
     if search_doc:
         measured = search_doc.get("measured") or {}
         best = search_doc["best"]
-        rows += [("architecture", f"`{measured.get('recommended') or best['arch']}`"),
+        rows += [("architecture", f"`{deployable_arch(search_doc)}`"),
                  ("search: val accuracy (supernet)", _pct(best.get("score"))),
                  ("search: predicted latency", _ms(best.get("metrics", {}).get("latency_ms"))),
                  ("search: candidates evaluated", str(search_doc.get("evaluated", "-")))]

@@ -10,7 +10,7 @@ networks are built with their initial weights: no training data is needed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from edgenas.hardware.profile import Profile
 from edgenas.search.results import Candidate
 from edgenas.space import SearchSpace
 
-__all__ = ["MeasuredFinalist", "MeasuredFinalists", "measure_finalists"]
+__all__ = ["MeasuredFinalist", "MeasuredFinalists", "deployable_arch", "measure_finalists"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,9 @@ def measure_finalists(space: SearchSpace, finalists: Sequence[Candidate], profil
         out.append(MeasuredFinalist(cand.arch.to_str(), cand.score, None if predicted is None else float(predicted),
                                     st, statistic, None if budget_ms is None else value <= budget_ms))
     return MeasuredFinalists(profile.name, statistic, budget_ms, out)
+
+
+def deployable_arch(search_doc: Mapping[str, Any]) -> str:
+    """The architecture a ``search.json`` recommends: the best finalist within the budget as measured
+    end to end, else (no measurement, or no finalist fits) the best-scoring one."""
+    return (search_doc.get("measured") or {}).get("recommended") or search_doc["best"]["arch"]
