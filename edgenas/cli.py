@@ -785,31 +785,42 @@ class _FinetuneReporter:
                    f"lr {stats.lr:.4g} | {stats.images_per_s:.0f} img/s | ETA {eta:.0f} s", err=True)
 
 
+def _recipe_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The training recipe of `finetune` and `baseline` (one recipe, so their results compare)."""
+    for option in reversed([
+        click.option("--epochs", type=int, default=None, help="[default: 5]"),
+        click.option("--lr", type=float, default=None, help="Peak learning rate. [default: 0.05]"),
+        click.option("--batch-size", type=int, default=None, help="[default: 128]"),
+        click.option("--label-smoothing", type=float, default=None, help="[default: 0.1]"),
+        click.option("--weight-decay", type=float, default=None, help="On conv/linear weights only. [default: 4e-5]"),
+        click.option("--warmup-steps", type=int, default=None,
+                     help="Linear warm-up steps before the cosine. [default: 0]"),
+        click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm to this value."),
+        click.option("--patience", type=int, default=None,
+                     help="Stop after N epochs without val improvement. [default: 3]"),
+        click.option("--train-limit", type=int, default=None, help="Use only the first N training images."),
+        click.option("--seed", type=int, default=None, help="[default: 0]"),
+        click.option("--threads", type=int, default=None, help="CPU threads for torch. [default: all cores]"),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
+        click.option("--json", "as_json", is_flag=True, help="Print only the result as JSON."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
 @click.argument("ckpt", metavar="SUBNET_CKPT", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Output directory: last.pt, best.pt, subnet.pt, finetune.json.")
-@click.option("--epochs", type=int, default=None, help="[default: 5]")
-@click.option("--lr", type=float, default=None, help="Peak learning rate. [default: 0.05]")
-@click.option("--batch-size", type=int, default=None, help="[default: 128]")
-@click.option("--label-smoothing", type=float, default=None, help="[default: 0.1]")
-@click.option("--weight-decay", type=float, default=None, help="On conv/linear weights only. [default: 4e-5]")
-@click.option("--warmup-steps", type=int, default=None, help="Linear warm-up steps before the cosine. [default: 0]")
-@click.option("--grad-clip", type=float, default=None, help="Clip the gradient norm to this value.")
+@_recipe_options
 @click.option("--distill/--no-distill", default=None,
               help="Distil from the subnet as loaded (the supernet's weights), frozen. [default: no]")
 @click.option("--kd-alpha", type=float, default=None, help="Weight of the distillation term. [default: 0.5]")
 @click.option("--kd-temperature", type=float, default=None, help="[default: 4.0]")
-@click.option("--patience", type=int, default=None, help="Stop after N epochs without val improvement. [default: 3]")
 @click.option("--from-scratch", is_flag=True, default=None,
               help="Re-initialise the weights (seeded) instead of starting from the inherited ones.")
-@click.option("--train-limit", type=int, default=None, help="Use only the first N training images.")
 @click.option("--data-root", default=None, help="Data directory, if not where the checkpoint's data was found.")
-@click.option("--seed", type=int, default=None, help="[default: 0]")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch. [default: all cores]")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
-@click.option("--json", "as_json", is_flag=True, help="Print only the result as JSON.")
 def finetune(ckpt: str, out_dir: str, data_root: str | None, device: str, resume: bool, as_json: bool,
              **options: Any) -> None:
     """Fine-tune an extracted subnet (optionally distilling from its inherited weights); report test accuracy."""
@@ -844,6 +855,71 @@ def finetune(ckpt: str, out_dir: str, data_root: str | None, device: str, resume
                f"({gain:+.2f} points)")
     click.echo(f"wrote {result.checkpoint} (also best.pt, last.pt, finetune.json in {out_dir}) in "
                f"{result.seconds:.1f} s")
+
+
+@cli.command()
+@click.option("--family", required=True,
+              help="Hand-designed network family: mobilenetv3-small (torchvision), lcnet or mobilenetv4-small (timm); "
+                   "randomly initialised.")
+@click.option("--data", "data_name", default="fashion-mnist", show_default=True)
+@click.option("--data-root", default=None, help="Data directory.")
+@click.option("--val-limit", type=int, default=None,
+              help="Validate on the first N validation images (as a search's --val-limit) [default: all].")
+@click.option("--profile", "profile_name", default="cpu-ort", show_default=True,
+              help="Profile whose measurer scales the width to the budget.")
+@click.option("--latency-ms", type=float, default=None,
+              help="Take the widest member measured within this budget [default: the profile's].")
+@click.option("--width", type=float, default=None, help="Train this width instead of scaling to a budget.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Output directory: baseline.json, last.pt, best.pt, subnet.pt, finetune.json.")
+@_recipe_options
+def baseline(family: str, data_name: str, data_root: str | None, val_limit: int | None, profile_name: str,
+             latency_ms: float | None,
+             width: float | None, out_dir: str, device: str, resume: bool, as_json: bool, **options: Any) -> None:
+    """Train a hand-designed baseline scaled to the latency budget, with the fine-tuning recipe."""
+    from edgenas.baselines import get_family, train_baseline
+    from edgenas.data import DataConfig, load_dataset
+    from edgenas.extract import data_facts
+    from edgenas.finetune import FinetuneConfig
+    from edgenas.hardware.measure import create_measurer
+    from edgenas.hardware.profile import load_profile
+    from edgenas.train import resolve_device
+
+    get_family(family)  # an unknown name fails before the data is loaded
+    config = FinetuneConfig(**{k: v for k, v in options.items() if v is not None})
+    data_cfg = DataConfig(name=data_name, val_limit=val_limit,
+                          **({"root": data_root} if data_root is not None else {}))
+    data = load_dataset(data_cfg)
+    budget = None
+    measure = None
+    if width is None and not resume:
+        prof = load_profile(profile_name, input_shape=(data.in_channels, *data.input_size))
+        budget = latency_ms if latency_ms is not None else prof.budgets.latency_ms
+        if budget is None:
+            raise ConfigError(f"profile {prof.name} has no latency budget: give --latency-ms or --width")
+        measurer = create_measurer(prof)
+
+        def measure(models: list[Any]) -> list[float]:
+            _progress(f"measuring {len(models)} widths of {family} on {prof.name} ...")
+            stats = measurer.measure_many(models, [None] * len(models))
+            return [s.value(prof.measure.statistic) for s in stats]
+
+    reporter = _FinetuneReporter(config.epochs, quiet=as_json)
+    run = train_baseline(family, data, config, out_dir, width=width, budget_ms=budget, measure=measure,
+                         resume=resume, device=resolve_device(device), on_epoch=reporter.epoch,
+                         meta={"data": data_facts(data, data_cfg)})
+    result, choice = run.result, run.choice
+    if as_json:
+        click.echo(json.dumps({**result.report, "baseline": choice}, indent=2))
+        return
+    if choice["latency_ms"] is not None:
+        click.echo(f"{choice['label']}: measured {choice['latency_ms']:.3f} ms on {profile_name}, the widest of "
+                   f"{len(choice['tried'])} widths within {choice['budget_ms']:g} ms")
+    stop = " (stopped early)" if result.stopped_early else ""
+    click.echo(f"trained {choice['label']} ({choice['description']}): {result.epochs_run} epoch(s){stop}, best "
+               f"epoch {result.best_epoch + 1}, val accuracy {result.val_accuracy:.2%}")
+    click.echo(f"test accuracy {result.test_accuracy:.2%} on {result.test_count} {data.name} test images")
+    click.echo(f"wrote {result.checkpoint} (also baseline.json, finetune.json in {out_dir}) in {result.seconds:.1f} s")
 
 
 # ----- export -----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch
 from edgenas.config import from_mapping, to_mapping
 from edgenas.data import DataConfig, DatasetSplits
 from edgenas.errors import CheckpointError, EdgenasError, SpaceError
-from edgenas.io import atomic_torch_save, atomic_write_json, read_json, safe_torch_load
+from edgenas.io import read_json, safe_torch_load, save_model_checkpoint
 from edgenas.search.verify import deployable_arch
 from edgenas.space import Arch, Subnet, space_from_dict, space_to_dict
 from edgenas.supernet import Supernet, inherit_subnet, load_checkpoint, recalibrate_bn
@@ -125,13 +125,7 @@ def save_subnet(path: str | Path, subnet: Subnet, meta: dict[str, Any], train_st
     full = {"format": SUBNET_FORMAT, "space": space_to_dict(space), "arch": subnet.arch.to_str(),
             "arch_id": subnet.arch.arch_id, "num_classes": subnet.num_classes,
             "in_channels": subnet.in_channels, **meta}
-    blob: dict[str, Any] = {"model": {k: v.detach().cpu() for k, v in subnet.state_dict().items()}, "meta": full}
-    if train_state is not None:
-        blob["train_state"] = train_state
-    path = Path(path)
-    atomic_torch_save(path, blob)
-    atomic_write_json(path.with_suffix(".json"), full)
-    return path
+    return save_model_checkpoint(path, subnet, full, train_state)
 
 
 def load_subnet(path: str | Path) -> tuple[Subnet, dict[str, Any], dict[str, Any] | None]:

@@ -1,4 +1,4 @@
-"""Fine-tune an extracted subnet on its own, optionally distilling from the inherited weights.
+"""Fine-tune an extracted subnet (or any classifier) on its own, optionally distilling from the inherited weights.
 
 Inherited supernet weights are a good start but were shared with many other paths; training the
 chosen network alone for a few epochs usually adds accuracy. The run is an ordinary supervised
@@ -11,6 +11,10 @@ best weights and of the inherited subnet before fine-tuning, so users see what f
 Knowledge distillation uses the subnet *as loaded* (the supernet's weights for the chosen path) as
 a frozen teacher. With ``from_scratch`` the student starts from a fresh seeded initialisation
 instead, which tells whether the inherited weights help at all.
+
+Any other ``nn.Module`` classifier (a hand-designed baseline, say) goes through the very same loop,
+so a comparison between a found network and a baseline differs only in the network: its checkpoints
+are plain state dicts (``edgenas-module/1``) that resume loads back into the model passed in.
 
 Resume is exact the same way supernet training is: data order and dropout are re-seeded from
 ``(seed, epoch)`` at the start of every epoch and the learning rate is a pure function of the step,
@@ -39,13 +43,14 @@ from edgenas.data import DatasetSplits, iterate_batches
 from edgenas.errors import CheckpointError, ConfigError, EdgenasError
 from edgenas.extract import SUBNET_FORMAT, load_subnet, save_subnet
 from edgenas.hardware._threads import torch_threads
-from edgenas.io import atomic_write_json
+from edgenas.io import atomic_write_json, safe_torch_load, save_model_checkpoint
 from edgenas.space import Subnet
 from edgenas.supernet import evaluate
 from edgenas.train import param_groups, resolve_device, to_device
 
 __all__ = [
     "FINETUNE_FORMAT",
+    "MODULE_FORMAT",
     "FinetuneConfig",
     "FinetuneEpoch",
     "FinetuneResult",
@@ -53,9 +58,12 @@ __all__ = [
     "epochs_since_best",
     "finetune",
     "finetune_lr",
+    "load_module_state",
+    "save_module",
 ]
 
 FINETUNE_FORMAT = "edgenas-finetune/1"
+MODULE_FORMAT = "edgenas-module/1"
 LAST_NAME, BEST_NAME, FINAL_NAME, REPORT_NAME = "last.pt", "best.pt", "subnet.pt", "finetune.json"
 _SUBNET_KEYS = ("format", "space", "arch", "arch_id", "num_classes", "in_channels")  # save_subnet writes these
 
@@ -127,7 +135,7 @@ class FinetuneEpoch:
 class FinetuneResult:
     """The best-validation subnet and what fine-tuning did; ``report`` is what ``finetune.json`` holds."""
 
-    subnet: Subnet
+    subnet: nn.Module
     checkpoint: Path
     history: list[FinetuneEpoch]
     best_epoch: int
@@ -181,31 +189,93 @@ def epochs_since_best(val_accuracies: list[float]) -> int:
 
 
 def finetune(
-    subnet: Subnet,
+    subnet: nn.Module,
     data: DatasetSplits,
     config: FinetuneConfig,
     out_dir: str | Path,
     *,
-    teacher: Subnet | None = None,
+    teacher: nn.Module | None = None,
     resume: bool = False,
     device: torch.device | None = None,
     on_epoch: Callable[[FinetuneEpoch], None] | None = None,
     meta: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``subnet`` on ``data`` and write ``last.pt``, ``best.pt``, ``subnet.pt`` and
     ``finetune.json`` to ``out_dir``.
 
     ``subnet`` itself is never changed: it is the starting point (unless ``config.from_scratch``),
     the "before" reference and, with ``config.distill``, the teacher (unless ``teacher`` is given).
-    ``meta`` is the loaded checkpoint's metadata (data facts, source), carried into the outputs.
-    An existing ``last.pt`` is only continued with ``resume``.
+    A :class:`~edgenas.space.Subnet` is saved as an ``edgenas-subnet/1`` checkpoint that later stages
+    (export) take; any other classifier as an ``edgenas-module/1`` state dict, reported under ``name``
+    (default: its class name). ``meta`` is the loaded checkpoint's metadata (data facts, source),
+    carried into the outputs. An existing ``last.pt`` is only continued with ``resume``.
     """
     if teacher is not None and not config.distill:
         raise ConfigError("a teacher was given but distillation is off (set distill=True)")
+    if config.from_scratch and not isinstance(subnet, Subnet):
+        raise ConfigError("from_scratch rebuilds a searched subnet from its architecture; for another model, "
+                          "pass a freshly initialised one instead")
+    label = subnet.arch.to_str() if isinstance(subnet, Subnet) else (name or type(subnet).__name__)
     if config.threads is None:
-        return _finetune(subnet, data, config, Path(out_dir), teacher, resume, device, on_epoch, meta)
+        return _finetune(subnet, data, config, Path(out_dir), teacher, resume, device, on_epoch, meta, label)
     with torch_threads(config.threads):
-        return _finetune(subnet, data, config, Path(out_dir), teacher, resume, device, on_epoch, meta)
+        return _finetune(subnet, data, config, Path(out_dir), teacher, resume, device, on_epoch, meta, label)
+
+
+def save_module(path: str | Path, model: nn.Module, meta: dict[str, Any],
+                train_state: dict[str, Any] | None = None) -> Path:
+    """Write a non-subnet classifier's state dict (tensors and plain containers only) atomically."""
+    return save_model_checkpoint(path, model, {"format": MODULE_FORMAT, **meta}, train_state)
+
+
+def load_module_state(path: str | Path, model: nn.Module) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
+    """Load an ``edgenas-module/1`` checkpoint into a copy of ``model`` (which supplies the architecture)."""
+    path = Path(path)
+    blob = safe_torch_load(path)
+    if not isinstance(blob, dict) or not isinstance(blob.get("meta"), dict) or "model" not in blob:
+        raise CheckpointError(f"{path} is not an edgenas checkpoint")
+    if blob["meta"].get("format") != MODULE_FORMAT:
+        raise CheckpointError(f"{path} has format {blob['meta'].get('format')!r}, expected {MODULE_FORMAT!r}")
+    copy_ = copy.deepcopy(model)
+    try:
+        copy_.load_state_dict(blob["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path} does not fit this model: {first}") from None
+    return copy_, blob["meta"], blob.get("train_state")
+
+
+def _save(path: Path, model: nn.Module, meta: dict[str, Any], train_state: dict[str, Any] | None = None) -> Path:
+    if isinstance(model, Subnet):
+        return save_subnet(path, model, meta, train_state)
+    return save_module(path, model, meta, train_state)
+
+
+def _load(path: Path, like: nn.Module) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
+    if isinstance(like, Subnet):
+        return load_subnet(path)
+    return load_module_state(path, like)
+
+
+def _check_fits(model: nn.Module, data: DatasetSplits, label: str) -> None:
+    """One line when the model's input channels or class count do not match the data."""
+    if isinstance(model, Subnet):
+        if data.num_classes != model.num_classes or data.in_channels != model.in_channels:
+            raise EdgenasError(f"the subnet ({model.num_classes} classes, {model.in_channels}-channel input) does "
+                               f"not fit {data.name} ({data.num_classes} classes, {data.in_channels} channels)")
+        return
+    x = torch.stack([data.val[i][0] for i in range(min(2, len(data.val)))])  # type: ignore[arg-type]
+    probe = copy.deepcopy(model).cpu().eval()
+    try:
+        with torch.no_grad():
+            out = probe(x)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise EdgenasError(f"{label} does not accept {data.name}'s {tuple(x.shape[1:])} images: {first}") from None
+    if out.ndim != 2 or out.shape[1] != data.num_classes:
+        raise EdgenasError(f"{label} gives outputs of shape {tuple(out.shape[1:])} but {data.name} has "
+                           f"{data.num_classes} classes")
 
 
 def _comparable(config: FinetuneConfig) -> dict[str, Any]:
@@ -278,14 +348,12 @@ def _epoch_batches(data: DatasetSplits, config: FinetuneConfig, epoch: int) -> I
 
 
 def _finetune(
-    subnet: Subnet, data: DatasetSplits, config: FinetuneConfig, out_dir: Path, teacher_in: Subnet | None,
+    subnet: nn.Module, data: DatasetSplits, config: FinetuneConfig, out_dir: Path, teacher_in: nn.Module | None,
     resume: bool, device: torch.device | None, on_epoch: Callable[[FinetuneEpoch], None] | None,
-    meta: dict[str, Any] | None,
+    meta: dict[str, Any] | None, label: str,
 ) -> FinetuneResult:
     t_start = time.perf_counter()
-    if data.num_classes != subnet.num_classes or data.in_channels != subnet.in_channels:
-        raise EdgenasError(f"the subnet ({subnet.num_classes} classes, {subnet.in_channels}-channel input) does "
-                           f"not fit {data.name} ({data.num_classes} classes, {data.in_channels} channels)")
+    _check_fits(subnet, data, label)
     data = _limited(data, config.train_limit)
     n_train = len(data.train)  # type: ignore[arg-type]
     steps = n_train // config.batch_size
@@ -313,11 +381,12 @@ def _finetune(
     if resume:
         if not last_path.exists():
             raise CheckpointError(f"nothing to resume: {last_path} does not exist (run without --resume)")
-        student, _, state = load_subnet(last_path)
+        student, _, state = _load(last_path, subnet)
         if not isinstance(state, dict) or "identity" not in state:
             raise CheckpointError(f"{last_path} has no fine-tuning state to resume")
         _check_same(last_path, state["identity"], identity)
     elif config.from_scratch:
+        assert isinstance(subnet, Subnet)  # finetune() refuses from_scratch for other models
         if subnet.space is None:
             raise EdgenasError("from_scratch needs the subnet's space; build it with space.build_subnet")
         torch.manual_seed(config.seed)
@@ -389,9 +458,9 @@ def _finetune(
         stopped = epoch - best_epoch >= config.patience and epoch + 1 < config.epochs
         running = {"epoch": epoch, "best_epoch": best_epoch, "best_val": best_val, "stopped_early": stopped}
         if improved:
-            save_subnet(out_dir / BEST_NAME, student, {**base_meta, "finetune": {**running, "status": "best"}})
+            _save(out_dir / BEST_NAME, student, {**base_meta, "finetune": {**running, "status": "best"}})
         assert best_state is not None
-        save_subnet(last_path, student, {**base_meta, "finetune": {**running, "status": "running"}},
+        _save(last_path, student, {**base_meta, "finetune": {**running, "status": "running"}},
                     train_state={"optimizer": optimizer.state_dict(), **running, "best_state": best_state,
                                  "history": [dataclasses.asdict(h) for h in history], "identity": identity})
         if on_epoch is not None:
@@ -419,9 +488,12 @@ def _finetune(
         "device": str(device),
         "source": identity["source"],
     }
-    final = save_subnet(out_dir / FINAL_NAME, student, {**base_meta, "finetune": block})
-    report = {"format": FINETUNE_FORMAT, "subnet": str(final), "arch": subnet.arch.to_str(),
-              "arch_id": subnet.arch.arch_id, "data": data.name, "subnet_format": SUBNET_FORMAT, **block,
+    final = _save(out_dir / FINAL_NAME, student, {**base_meta, "finetune": block})
+    searched = isinstance(subnet, Subnet)
+    report = {"format": FINETUNE_FORMAT, "subnet": str(final), "model": label,
+              "arch": subnet.arch.to_str() if searched else None,
+              "arch_id": subnet.arch.arch_id if searched else None, "data": data.name,
+              "subnet_format": SUBNET_FORMAT if searched else MODULE_FORMAT, **block,
               "history": [dataclasses.asdict(h) for h in history]}
     atomic_write_json(out_dir / REPORT_NAME, report)
     return FinetuneResult(student, final, history, best_epoch, len(history), stopped, best_val,

@@ -25,6 +25,7 @@ __all__ = [
     "atomic_write_text",
     "read_json",
     "safe_torch_load",
+    "save_model_checkpoint",
 ]
 
 
@@ -63,6 +64,19 @@ def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def save_model_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module, meta: dict[str, Any],
+                          train_state: dict[str, Any] | None = None) -> Path:
+    """``{"model": state dict on CPU, "meta": meta[, "train_state"]}`` written atomically, plus
+    ``meta`` as a readable JSON sidecar; loadable with ``weights_only=True`` (no pickled objects)."""
+    blob: dict[str, Any] = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta}
+    if train_state is not None:
+        blob["train_state"] = train_state
+    path = Path(path)
+    atomic_torch_save(path, blob)
+    atomic_write_json(path.with_suffix(".json"), meta)
+    return path
 
 
 def safe_torch_load(path: str | os.PathLike[str]) -> Any:

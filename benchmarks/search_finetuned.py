@@ -1,0 +1,365 @@
+"""Search quality after fine-tuning: search winners vs hand-designed baselines, one training recipe.
+
+``benchmarks/search_quality.py`` compares the winners of shifting, SPOS evolution and random search
+on supernet weights. What a user ships is a trained network, so this benchmark trains every winner
+and the hand-designed networks a practitioner would otherwise pick, with one recipe, and times them
+all on the profile:
+
+* each search's winner **fine-tuned from its inherited weights** (``edgenas extract`` + ``edgenas
+  finetune``: what ``edgenas run`` ships);
+* each winner **trained from scratch** with the same recipe (``--from-scratch``): the architecture
+  alone, comparable with the baselines, which have no supernet weights to inherit;
+* **baselines** (``edgenas baseline``): torchvision MobileNetV3-Small and timm PP-LCNet, each scaled
+  to every budget (the widest published width measured within it; all widths of a family measured
+  interleaved once, on a quiet machine, before any training), plus the stock MobileNetV3-Small (width
+  1.0) whatever its latency.
+
+All trainings use the same data (the searches' splits), epochs, image count, learning-rate schedule
+and seed; they run as CLI subprocesses, ``--jobs`` at a time. Finally every network is measured end
+to end on the profile, all in one interleaved run after training has finished (latency does not
+depend on the weights, so fresh copies are timed). Everything is resumable: finished trainings are
+reused, interrupted ones resumed, the width choice is kept in ``widths.json``.
+
+Needs the searches of ``search_quality.py`` in ``--searches``. Run from the repository root::
+
+    .venv/bin/python benchmarks/search_finetuned.py --budgets 0.3 0.5 0.8
+
+``--quick`` trains for one short epoch (figures not to be quoted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from _report import provenance, write_section
+from _runs import cli
+
+from edgenas.baselines import build_baseline, choose_width, get_family, measure_widths
+from edgenas.errors import EdgenasError
+from edgenas.hardware.flops import count_flops
+from edgenas.hardware.measure import create_measurer
+from edgenas.hardware.profile import load_profile
+from edgenas.search.verify import deployable_arch
+from edgenas.space import space_from_dict
+
+SECTION_KEY = "search_finetuned"
+SECTION_TITLE = "Search quality after fine-tuning: winners vs hand-designed baselines"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "docs" / "BENCHMARKS.md"
+PLOT = REPO / "docs" / "img" / "search_finetuned.png"
+METHODS = ("shift", "spos", "random")
+STOCK = ("mobilenetv3-small", 1.0)
+
+
+@dataclass
+class Model:
+    """One network of the comparison and the trainings it gets (``runs``: recipe name -> output dir)."""
+
+    key: str
+    kind: str  # "shift" | "spos" | "random" | "baseline"
+    label: str
+    build: Any  # () -> nn.Module, a fresh copy for measuring
+    runs: dict[str, Path] = field(default_factory=dict)
+    budgets: set[float] = field(default_factory=set)
+    arch: str | None = None
+
+
+def _recipe(args: argparse.Namespace) -> list[str]:
+    epochs, limit = (1, 2000) if args.quick else (args.epochs, args.train_limit)
+    return ["--epochs", str(epochs), "--train-limit", str(limit), "--batch-size", str(args.batch_size),
+            "--lr", str(args.lr), "--seed", str(args.seed), "--threads", "1", "--device", "cpu"]
+
+
+def _finished(out: Path) -> dict[str, Any] | None:
+    report = out / "finetune.json"
+    return json.loads(report.read_text()) if report.is_file() else None
+
+
+def _resume(out: Path) -> list[str]:
+    return ["--resume"] if (out / "last.pt").is_file() else []
+
+
+def _winner_jobs(model: Model, run_dir: Path, recipe: list[str], scheduled: set[Path]) -> list[Any]:
+    """Extract and fine-tune from inherited weights; train the same architecture from scratch (once per
+    architecture: several searches may find the same one)."""
+    jobs = []
+    arch = model.arch
+    assert arch is not None
+    inherited, scratch = model.runs["inherited"], model.runs["scratch"]
+    if _finished(inherited) is None:
+        jobs.append(_train_winner(model, run_dir, inherited, [*recipe, *_resume(inherited)], "inherited"))
+    if _finished(scratch) is None and scratch not in scheduled:
+        scheduled.add(scratch)
+        jobs.append(_train_winner(model, run_dir, scratch, ["--from-scratch", *recipe, *_resume(scratch)], "scratch"))
+    return jobs
+
+
+def _train_winner(model: Model, run_dir: Path, out: Path, options: list[str], how: str) -> Any:
+    """One job: extract the winner from its own search run (once), then ``edgenas finetune`` it."""
+    ckpt = out.parent / f"{out.name}.subnet.pt"
+    arch = model.arch
+    assert arch is not None
+
+    def job() -> None:
+        if not ckpt.is_file():
+            cli(["extract", str(run_dir), "--arch", arch, "--out", str(ckpt), "--device", "cpu"], model.label)
+        cli(["finetune", str(ckpt), "--out", str(out), *options], f"{model.label} {how}")
+
+    return job
+
+
+def _baseline_job(model: Model, family: str, width: float, val_limit: int | None, recipe: list[str]) -> Any:
+    out = model.runs["scratch"]
+    if _finished(out) is not None:
+        return None
+    val = ["--val-limit", str(val_limit)] if val_limit is not None else []
+
+    def train() -> None:
+        cli(["baseline", "--family", family, "--width", f"{width:g}", "--out", str(out), *val, *recipe,
+             *_resume(out)], model.label)
+
+    return train
+
+
+def _widths(args: argparse.Namespace, profile: Any, data_shape: tuple[int, int, int], num_classes: int,
+            work: Path) -> dict[str, list[list[float]]]:
+    """Every width of every baseline family, measured interleaved per family, once (kept in widths.json)."""
+    path = work / "widths.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    measurer = create_measurer(profile)
+
+    def measure(models: list[Any]) -> list[float]:
+        stats = measurer.measure_many(models, [None] * len(models))
+        return [s.value(profile.measure.statistic) for s in stats]
+
+    out = {}
+    for family in args.baselines:
+        print(f"[widths] measuring every width of {family} ...", file=sys.stderr)
+        tried = measure_widths(family, measure, num_classes=num_classes, in_channels=data_shape[0],
+                               input_size=data_shape[1:])
+        out[family] = [list(t) for t in tried]
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def run(args: argparse.Namespace) -> str:
+    searches, work = Path(args.searches), Path(args.work + ("-quick" if args.quick else ""))
+    docs = {}
+    for budget in args.budgets:
+        for method in METHODS:
+            path = searches / f"b{budget:g}" / method / "search.json"
+            if not path.is_file():
+                raise SystemExit(f"{path} not found: run benchmarks/search_quality.py --budgets "
+                                 f"{' '.join(f'{b:g}' for b in args.budgets)} first")
+            docs[budget, method] = json.loads(path.read_text())
+    first = docs[args.budgets[0], "shift"]
+    space = space_from_dict(first["config"]["space"])
+    num_classes, in_channels = int(first["config"]["num_classes"]), int(first["config"]["in_channels"])
+    data_cfg = first["data"]
+    from edgenas.data import DataConfig, load_dataset
+
+    data = load_dataset(DataConfig(**{**data_cfg, "train_limit": None}))
+    shape = (data.in_channels, *data.input_size)
+    profile = load_profile(args.profile, input_shape=shape)
+    widths = _widths(args, profile, shape, num_classes, work)
+    recipe = _recipe(args)
+
+    models: dict[str, Model] = {}
+    jobs: list[Any] = []
+    scheduled: set[Path] = set()
+    sized = dict(num_classes=num_classes, in_channels=in_channels, input_size=tuple(data.input_size))
+    for budget in args.budgets:
+        for method in METHODS:
+            arch = deployable_arch(docs[budget, method])
+            parsed = space.parse(arch)
+            key = f"{method}-b{budget:g}"
+            model = Model(key, method, f"{method} @ {budget:g} ms",
+                          lambda a=parsed: space.build_subnet(a, num_classes, in_channels),
+                          {"inherited": work / "inherited" / key, "scratch": work / "scratch" / parsed.arch_id},
+                          {budget}, arch)
+            models[key] = model
+            jobs += _winner_jobs(model, searches / f"b{budget:g}" / method, recipe, scheduled)
+        for family in args.baselines:
+            try:
+                pick = choose_width(family, [tuple(t) for t in widths[family]], budget)
+            except EdgenasError as err:
+                print(f"[{budget:g} ms] {err}", file=sys.stderr)
+                continue
+            _add_baseline(models, jobs, work, family, pick.width, budget, data_cfg, recipe, sized)
+    _add_baseline(models, jobs, work, *STOCK, None, data_cfg, recipe, sized)
+    jobs = [j for j in jobs if j is not None]
+    if jobs:
+        print(f"training {len(jobs)} network(s), {args.jobs} at a time ...", file=sys.stderr)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for f in [pool.submit(j) for j in jobs]:
+                f.result()
+
+    unique = list(models.values())
+    timed = _measure(unique, profile, args.trials)
+    rows = []
+    for m in unique:
+        ms, spread, cost = timed[m.arch or m.key]
+        results = {name: _finished(out) for name, out in m.runs.items()}
+        rows.append({"key": m.key, "kind": m.kind, "label": m.label, "arch": m.arch,
+                     "budgets": sorted(m.budgets), "ms": ms, "trial_ms": spread,
+                     "mmacs": cost.flops / 1e6, "params_k": cost.params / 1e3,
+                     "inherited": results.get("inherited"), "scratch": results.get("scratch")})
+    (work / "results.json").write_text(json.dumps(rows, indent=2, default=str))
+    _plot(rows, args.budgets)
+    return _markdown(args, rows, widths, profile.measure.statistic, data.name, recipe)
+
+
+def _measure(models: list[Model], profile: Any, trials: int) -> dict[str, tuple[float, tuple[float, float], Any]]:
+    """Latency (the profile's statistic), the range of per-trial medians and the cost of every distinct
+    network, all timed in one interleaved run with ``trials`` trials.
+
+    Two searches that found the same architecture share one measurement: timing it twice would only
+    show the machine's noise as a difference between them.
+    """
+    distinct: dict[str, Model] = {}
+    for m in models:
+        distinct.setdefault(m.arch or m.key, m)
+    protocol = dataclasses.replace(profile.measure, trials=trials)
+    measurer = create_measurer(dataclasses.replace(profile, measure=protocol))
+    print(f"measuring {len(distinct)} distinct networks end to end, interleaved, {trials} trials ...",
+          file=sys.stderr)
+    nets = [m.build() for m in distinct.values()]
+    stats = measurer.measure_many(nets, [None] * len(nets))
+    shape = (1, *profile.input_shape)
+    return {key: (st.value(protocol.statistic), (min(st.trial_medians_ms), max(st.trial_medians_ms)),
+                  count_flops(net.eval(), shape))
+            for key, net, st in zip(distinct, nets, stats, strict=True)}
+
+
+def _add_baseline(models: dict[str, Model], jobs: list[Any], work: Path, family: str, width: float,
+                  budget: float | None, data_cfg: dict[str, Any], recipe: list[str], sized: dict[str, Any]) -> None:
+    fam = get_family(family)
+    key = fam.label(width)
+    if key not in models:
+        models[key] = Model(key, "baseline", key, lambda: build_baseline(fam, width, **sized),
+                            {"scratch": work / "baselines" / key})
+        jobs.append(_baseline_job(models[key], family, width, data_cfg.get("val_limit"), recipe))
+    if budget is not None:
+        models[key].budgets.add(budget)
+
+
+def _acc(result: dict[str, Any] | None) -> float | None:
+    return None if result is None else float(result["test"]["accuracy"])
+
+
+def _plot(rows: list[dict[str, Any]], budgets: list[float]) -> None:
+    """Test accuracy vs measured latency: every network trained with the recipe from scratch (filled),
+    and the winners fine-tuned from their inherited weights (hollow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    style = {"shift": ("^", "C0"), "spos": ("o", "C1"), "random": ("x", "C2"), "baseline": ("s", "C3")}
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for kind, (marker, color) in style.items():
+        pts = [(r["ms"], _acc(r["scratch"]) * 100) for r in rows if r["kind"] == kind and _acc(r["scratch"])]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, s=55,
+                   label=f"{kind} (from scratch)" if kind != "baseline" else "hand-designed baselines")
+        inh = [(r["ms"], _acc(r["inherited"]) * 100) for r in rows if r["kind"] == kind and _acc(r["inherited"])]
+        if inh and marker != "x":
+            ax.scatter([p[0] for p in inh], [p[1] for p in inh], marker=marker, facecolors="none",
+                       edgecolors=color, s=55, label=f"{kind} (inherited + fine-tuned)")
+    for r in rows:
+        if r["kind"] == "baseline":
+            ax.annotate(r["label"], (r["ms"], _acc(r["scratch"]) * 100), fontsize=7, xytext=(3, -9),
+                        textcoords="offset points")
+    for b in budgets:
+        ax.axvline(b, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("measured latency, ms (cpu-ort, batch 1)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Same training recipe for every network; budgets dashed")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(acc: float | None) -> str:
+    return "-" if acc is None else f"{acc:.2%}"
+
+
+def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]], widths: dict[str, Any], statistic: str,
+              data_name: str, recipe: list[str]) -> str:
+    scale = "QUICK smoke scale: not figures to quote" if args.quick else (
+        "CPU scale (no GPU was lent): short training on a slice of the training split")
+    counts = {r["scratch"]["test"]["count"] for r in rows if r["scratch"]}
+    out = [
+        *provenance(),
+        "",
+        f"Scale: {scale}. Recipe for every network (`edgenas finetune`/`edgenas baseline` options): "
+        f"`{' '.join(recipe)}`, SGD with Nesterov momentum, cosine schedule, label smoothing 0.1, best "
+        f"validation epoch kept. Dataset {data_name}, test accuracy on {'/'.join(map(str, counts))} test images. "
+        f"Latency: the `{args.profile}` profile's {statistic} over {args.trials} interleaved trials, every distinct "
+        "network measured in one run after training (winners that share an architecture share a measurement); "
+        "*trial medians* is the range of the per-trial medians, the noise of that figure. Searches: `"
+        + args.searches + "` (see the search-quality section).",
+        "",
+        "Baseline widths, every published width of each family measured interleaved once (ms): "
+        + "; ".join(f"{fam}: " + ", ".join(f"{w:g} -> {ms:.3f}" for w, ms in tried)
+                    for fam, tried in widths.items()) + ".",
+        "",
+    ]
+    for budget in args.budgets:
+        here = [r for r in rows if budget in r["budgets"]]
+        out += [f"**Budget {budget:g} ms**", "",
+                "| network | measured ms | trial medians ms | within | MMACs | params (k) "
+                "| test, inherited + fine-tuned | test, same recipe from scratch |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in sorted(here, key=lambda r: (r["kind"] == "baseline", r["label"])):
+            name = f"{r['kind']} winner `{r['arch']}`" if r["arch"] else r["label"]
+            lo, hi = r["trial_ms"]
+            out.append(f"| {name} | {r['ms']:.3f} | {lo:.3f}-{hi:.3f} | {'yes' if r['ms'] <= budget else 'NO'} | "
+                       f"{r['mmacs']:.2f} | "
+                       f"{r['params_k']:.0f} | {_fmt(_acc(r['inherited']))} | {_fmt(_acc(r['scratch']))} |")
+        out.append("")
+    stock = next(r for r in rows if r["key"] == get_family(STOCK[0]).label(STOCK[1]))
+    out += [f"Stock MobileNetV3-Small (width 1.0, stride-1 stem, 1 input channel): {stock['ms']:.3f} ms, "
+            f"{stock['mmacs']:.2f} MMACs, {_fmt(_acc(stock['scratch']))} with the same recipe.", "",
+            f"![accuracy vs measured latency, one recipe](img/{PLOT.name})"]
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--searches", default="runs/bench-search", help="The search runs of search_quality.py.")
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.3, 0.5, 0.8])
+    p.add_argument("--profile", default="cpu-ort")
+    p.add_argument("--baselines", nargs="+", default=["mobilenetv3-small", "lcnet"])
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train-limit", type=int, default=20000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2, help="Trainings at a time (one CPU thread each).")
+    p.add_argument("--trials", type=int, default=10,
+                   help="Interleaved trials of the final latency measurement (the profile's protocol otherwise).")
+    p.add_argument("--work", default="runs/bench-finetuned", help="Where the trainings go (resumable).")
+    p.add_argument("--quick", action="store_true", help="One short epoch: a smoke test of the script.")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="Markdown report to update.")
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    body = run(args)
+    write_section(args.out, SECTION_KEY, SECTION_TITLE, body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
