@@ -28,9 +28,18 @@ resamples of the T ratios. The verdict is REGRESSION iff the CI's lower bound > 
 (confidently slower than the tolerance), IMPROVED iff its upper bound < 1 - tolerance
 (informational, passes), else PASS. A check passes unless it is confidently slower: a noisy run
 widens the CI and passes rather than failing a build by chance; more trials narrow the CI (with 3
-trials the CI spans the three ratios, so all three must exceed the tolerance). Only the current
-run's noise is in the CI; the baseline ratio is taken as exact, which is why ``--update`` should be
-run on a quiet machine, or with more ``--trials``.
+trials the CI spans the three ratios, so all three must exceed the tolerance). The baseline's
+noise is in the CI too: ``--update`` stores the baseline's per-trial ratios and every resample
+redraws them along with the current ones, so a baseline recorded on a busy machine cannot turn its
+own noise into a regression later (measured: a baseline whose 30 ratios spread 0.86-2.38 was
+recorded on one host; a quiet host of the same CPU family then measured a tight ratio 10.5% above
+its median, which the one-sample rule called a regression). The check reports a noisy baseline and
+asks for it to be re-recorded on a quiet machine, or with more ``--trials``.
+
+Ratios carry over between CPUs only approximately: between two hosts of this workplace's CPU type,
+the same bundle's ratio moved by 9-18% (20 checks on the first host measured 1.38-1.50, the second
+1.64), of the order of the default tolerance. Record the
+baseline on the runner class that checks it.
 
 FLOPs (multiply-adds of Conv/Gemm/MatMul, 1 MAC = 1 FLOP as everywhere in edgenas) and parameters
 are recomputed from ``model.onnx`` and must equal the baseline exactly: they do not drift, so any
@@ -74,6 +83,7 @@ __all__ = [
     "FileCheck",
     "RatioMeasurement",
     "ReferenceSpec",
+    "baseline_spread",
     "check_bundle",
     "check_protocol",
     "decide",
@@ -149,8 +159,9 @@ def rule_text(config: CheckConfig | None = None, trials: int | None = None) -> s
     count = "T (default: the profile's timed runs / repeats)" if t is None else f"T = {t}"
     tol = f"{c.tolerance:.4g}"
     return (f"{count} interleaved trials of {c.repeats} runs each; per-trial ratio r_t = bundle median / reference "
-            f"median; d = median(r) / baseline ratio; {c.confidence:.0%} bootstrap CI of d ({c.resamples} resamples, "
-            f"seed {c.seed}); REGRESSION iff CI low > 1 + {tol} (confidently slower than the tolerance), IMPROVED "
+            f"median; d = median(r) / baseline ratio; {c.confidence:.0%} bootstrap CI of d ({c.resamples} resamples "
+            f"of both the trials and the baseline's stored trials, seed {c.seed}); REGRESSION iff CI low > 1 + {tol} "
+            f"(confidently slower than the tolerance), IMPROVED "
             f"iff CI high < 1 - {tol} (passes), else PASS. FLOPs and params must equal the baseline exactly.")
 
 
@@ -180,23 +191,36 @@ class Decision:
                 f"{_pct(self.ci_low)} .. {_pct(self.ci_high)}, tolerance ±{self.tolerance:.1%}, {self.n} trials)")
 
 
+def _positive_ratios(values: Sequence[float], what: str) -> np.ndarray:
+    r = np.asarray(values, dtype=np.float64)
+    if r.ndim != 1 or r.size == 0 or not np.all(np.isfinite(r)) or np.any(r <= 0):
+        raise ValueError(f"{what} must be a non-empty sequence of positive finite numbers")
+    return r
+
+
 def decide(ratios: Sequence[float], baseline_ratio: float, tolerance: float, confidence: float = 0.95,
-           resamples: int = 2000, seed: int = 0) -> Decision:
+           resamples: int = 2000, seed: int = 0, baseline_ratios: Sequence[float] | None = None) -> Decision:
     """Apply the rule of this module to per-trial ratios; pure and deterministic for a given seed.
 
     The bootstrap resamples the T ratios with replacement ``resamples`` times and takes the
-    percentile interval of their medians over ``baseline_ratio``. A single ratio gives a zero-width
-    CI, so one trial decides on its value alone; use several.
+    percentile interval of their medians over the baseline's. With ``baseline_ratios`` (the
+    baseline's own per-trial ratios, as ``--update`` stores them) each resample also redraws those,
+    so a noisy baseline widens the CI instead of passing its noise off as a change; without them
+    ``baseline_ratio`` is taken as exact. A single ratio gives a zero-width CI, so one trial decides
+    on its value alone; use several.
     """
-    r = np.asarray(ratios, dtype=np.float64)
-    if r.ndim != 1 or r.size == 0 or not np.all(np.isfinite(r)) or np.any(r <= 0):
-        raise ValueError("ratios must be a non-empty sequence of positive finite numbers")
+    r = _positive_ratios(ratios, "ratios")
     if not (math.isfinite(baseline_ratio) and baseline_ratio > 0):
         raise ValueError(f"baseline ratio must be positive and finite, not {baseline_ratio!r}")
     CheckConfig(tolerance=tolerance, confidence=confidence, resamples=resamples, seed=seed)  # validates
     change = float(np.median(r)) / baseline_ratio
     rng = np.random.default_rng(seed)
-    boot = np.median(r[rng.integers(0, r.size, size=(resamples, r.size))], axis=1) / baseline_ratio
+    boot = np.median(r[rng.integers(0, r.size, size=(resamples, r.size))], axis=1)
+    if baseline_ratios is not None:
+        b = _positive_ratios(baseline_ratios, "baseline ratios")
+        boot = boot / np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
+    else:
+        boot = boot / baseline_ratio
     alpha = 1.0 - confidence
     low, high = (float(v) for v in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
     verdict: Verdict = "PASS"
@@ -206,6 +230,20 @@ def decide(ratios: Sequence[float], baseline_ratio: float, tolerance: float, con
         verdict = "IMPROVED"
     return Decision(verdict, change, low, high, float(np.median(r)), float(baseline_ratio), float(tolerance),
                     float(confidence), int(resamples), int(seed), int(r.size))
+
+
+def baseline_spread(ratios: Sequence[float], config: CheckConfig | None = None) -> float | None:
+    """Half the width of the bootstrap CI of the baseline's median ratio, relative to that median:
+    how well the baseline itself is known (None without at least two stored ratios)."""
+    if len(ratios) < 2:
+        return None
+    c = config or CheckConfig()
+    b = _positive_ratios(ratios, "baseline ratios")
+    rng = np.random.default_rng(c.seed)
+    boot = np.median(b[rng.integers(0, b.size, size=(c.resamples, b.size))], axis=1)
+    alpha = 1.0 - c.confidence
+    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return float((high - low) / 2 / np.median(b))
 
 
 # ----- the reference workload --------------------------------------------------------------------------------
@@ -377,6 +415,12 @@ def format_baseline(baseline: Baseline, path: str | Path) -> str:
         f"  FLOPs {b.onnx_macs:,} (1 MAC = 1 FLOP), params {b.onnx_params:,}; {b.model_file} sha256 {b.sha256[:16]}",
         f"  machine {b.machine}; onnxruntime {b.runtime_versions.get('onnxruntime', '?')}; created {b.created}",
     ]
+    spread = baseline_spread(b.ratios)
+    if spread is not None:
+        lines.insert(2, f"  the baseline's median ratio is known to ±{spread:.1%} (95% bootstrap CI)")
+        if spread > CheckConfig().tolerance / 2:
+            lines.append(f"warning: the baseline is noisy (±{spread:.1%}): every check's CI gets as wide; re-record "
+                         "it on a quiet machine or with more --trials")
     if not _TARGET_BAND[0] <= b.ratio_median <= _TARGET_BAND[1]:
         lines.append(f"warning: the bundle runs {b.ratio_median:.2f}x the reference's time, outside 0.3x-3x (the "
                      f"width search stopped at {b.reference.width} channels): expect noisier ratios")
@@ -811,7 +855,11 @@ def check_bundle(bundle_dir: str | Path, profile: Profile, config: CheckConfig |
                      f"{versions.get('onnxruntime')}")
     m = _measure_ratio(bundle, target, baseline.reference, on_progress or _quiet)
     decision = decide(m.ratios, baseline.ratio_median, config.tolerance, config.confidence, config.resamples,
-                      config.seed)
+                      config.seed, baseline_ratios=baseline.ratios or None)
+    spread = baseline_spread(baseline.ratios, config)
+    if spread is not None and spread > config.tolerance / 2:
+        notes.append(f"the baseline is noisy (its ratio is known to ±{spread:.1%} only), which widens every check's "
+                     "CI: re-record it with --update on a quiet machine")
     if m.trials < 3:
         notes.append(f"only {m.trials} trial(s): the CI is as wide as the trials' spread; use --trials 5 or more")
     return CheckReport(str(bundle.path), profile.name, target.latency_hash(), config, baseline, m, decision, costs,

@@ -998,7 +998,8 @@ def check(ctx: click.Context, bundle: str, profile_name: str, tolerance: str, tr
     \b
     Rule: T interleaved trials of 10 runs each (default T: the profile's
     trials x repeats / 10), per-trial ratio r_t = bundle median / reference median;
-    d = median(r) / baseline ratio; 95% bootstrap CI of d (2000 seeded resamples);
+    d = median(r) / baseline ratio; 95% bootstrap CI of d (2000 seeded resamples
+    of both these trials and the baseline's stored ones);
     REGRESSION iff CI low > 1 + tolerance (confidently slower than the tolerance),
     IMPROVED iff CI high < 1 - tolerance (passes), else PASS.
     FLOPs (MACs) and params must equal the baseline exactly; changed file

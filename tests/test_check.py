@@ -26,6 +26,7 @@ from edgenas.check import (
     Baseline,
     CheckConfig,
     ReferenceSpec,
+    baseline_spread,
     check_bundle,
     decide,
     measure_ratio,
@@ -161,6 +162,31 @@ def test_decide_is_deterministic_and_validates():
     with pytest.raises(ConfigError, match="tolerance must be between 0 and 1"):
         decide([1.0], 1.0, 1.5)
 
+
+
+def test_a_noisy_baseline_widens_the_ci_instead_of_becoming_a_regression():
+    # The case seen between two hosts: a baseline recorded under load (ratios all over the place)
+    # and a tight measurement 10% above its median. Taken as exact, the baseline makes that a
+    # regression; with its own trials resampled it is within the noise.
+    now = _noisy(1.1, 0.01, 30, seed=2)
+    noisy_base = _noisy(1.0, 0.25, 30, seed=3)
+    exact = decide(now, float(np.median(noisy_base)), 0.05)
+    both = decide(now, float(np.median(noisy_base)), 0.05, baseline_ratios=noisy_base)
+    assert exact.verdict == "REGRESSION" and both.verdict == "PASS"
+    assert both.change == exact.change and both.ci_low < exact.ci_low and both.ci_high > exact.ci_high
+    # A quiet baseline keeps the check's power: a 25% slowdown is still caught.
+    quiet_base = _noisy(1.0, 0.01, 30, seed=3)
+    assert decide(_noisy(1.25, 0.01, 30), float(np.median(quiet_base)), 0.10,
+                  baseline_ratios=quiet_base).verdict == "REGRESSION"
+    with pytest.raises(ValueError, match="baseline ratios must be"):
+        decide(now, 1.0, 0.1, baseline_ratios=[])
+
+
+def test_baseline_spread_says_how_well_the_baseline_is_known():
+    assert baseline_spread([1.0]) is None
+    assert baseline_spread([1.0] * 10) == 0.0
+    tight, loose = baseline_spread(_noisy(1.0, 0.01, 30)), baseline_spread(_noisy(1.0, 0.25, 30))
+    assert 0 < tight < 0.01 < 0.05 < loose < 0.2
 
 # ----- tolerance parsing ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text,value", [("10%", 0.10), ("0.1", 0.10), (" 5 %", 0.05), ("99.5%", 0.995), (0.25, 0.25)])
