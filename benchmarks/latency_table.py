@@ -1,7 +1,9 @@
 """Latency lookup table: build cost, query cost, accuracy on fresh subnets, and ONNX Runtime vs torch eager.
 
-For each input size this builds the table of :func:`edgenas.hardware.table.build_table` (blocks timed
-in context, calibrated on ``--calib`` sampled subnets plus the all-min and all-max ones), validates it
+For each input size this builds the table of :func:`edgenas.hardware.table.build_table` (``--method``,
+by default the one ``edgenas profile build`` uses for the profile: blocks timed in context, or for int8
+profiles one-layer changes of a whole subnet; calibrated on ``--calib`` sampled subnets plus the
+all-min and all-max ones), validates it
 on ``--validate`` fresh subnets measured end to end, and reports against the acceptance target:
 median relative error <= 5%, at least 95% of subnets within ±10%, Kendall tau >= 0.85. Run it from the
 repository root as a script::
@@ -14,9 +16,10 @@ What else it measures, and why:
 * **Cost of the two ways to get a latency**: the build time (once per profile and space), one
   ``predict`` (timeit over many random architectures), and one candidate measured end to end (export,
   session, warm-up and timed runs, as ``validate`` does): their ratio is what a search saves.
-* **Which block-timing method works** (``--compare-methods``, on by default): a second table of bare
-  blocks (``method="isolated"``) is measured and calibrated on the *same* end-to-end calibration
-  measurements, and both are scored on the *same* validation measurements, calibrated and raw.
+* **Which timing method works** (``--compare-methods``, on by default): a table by each other method
+  (bare blocks, ``isolated``; blocks in context, ``context``; one-layer changes of a subnet,
+  ``network``) is measured and calibrated on the *same* end-to-end calibration measurements, and all
+  are scored on the *same* validation measurements, calibrated and raw.
 * **ONNX Runtime vs torch eager** on three subnets (all-min, one uniform sample, all-max), timed with
   the profile and with ``--torch-profile`` (same threads, batch and input), interleaved.
 * **Diagnostics** for a shortfall: the spread of the per-trial medians of the validation subnets
@@ -45,7 +48,14 @@ from _report import provenance, publish
 from edgenas.hardware.calibration import ErrorFigures, error_figures, fit_calibration
 from edgenas.hardware.measure import create_measurer
 from edgenas.hardware.profile import MeasureSettings, Profile, load_profile
-from edgenas.hardware.table import LatencyTable, build_table, time_predict, validate_table
+from edgenas.hardware.table import (
+    METHODS,
+    LatencyTable,
+    build_table,
+    default_method,
+    time_predict,
+    validate_table,
+)
 from edgenas.space import SearchSpace, create_space, default_preset
 
 SECTION_KEY = "latency_table"
@@ -68,7 +78,7 @@ class SizeResult:
     space: SearchSpace
     profile: Profile
     table: LatencyTable
-    isolated: LatencyTable | None
+    others: dict[str, LatencyTable]
     figures: dict[str, ErrorFigures]
     query_us: float
     ratio_rows: list[tuple[str, float, float]]
@@ -153,25 +163,27 @@ def run_size(args: argparse.Namespace, size: int) -> SizeResult:
     preset = args.preset or default_preset((size, size))
     space = create_space(args.space, preset)
     _say(f"== {args.space}/{preset} at {size}x{size} on {profile.name}")
+    method = args.method or default_method(profile)
     table = build_table(space, profile, num_classes=args.num_classes, calib_samples=args.calib, seed=args.seed,
-                        on_progress=_say)
-    isolated = None
-    if args.compare_methods:
-        isolated = build_table(space, profile, num_classes=args.num_classes, calib_samples=0, method="isolated",
-                               seed=args.seed, on_progress=_say)
+                        method=method, on_progress=_say)
+    others: dict[str, LatencyTable] = {}
+    for other in (m for m in METHODS if m != method) if args.compare_methods else ():
+        alt = build_table(space, profile, num_classes=args.num_classes, calib_samples=0, method=other,
+                          seed=args.seed, on_progress=_say)
         cal = table.calibration
-        isolated.calibration = fit_calibration([isolated.predict_raw(space.parse(a)) for a in cal.archs],
-                                               cal.measured_ms, cal.archs)
+        alt.calibration = fit_calibration([alt.predict_raw(space.parse(a)) for a in cal.archs], cal.measured_ms,
+                                          cal.archs)
+        others[other] = alt
     tag = args.section if args.section is not None else profile.name
     plot = Path(args.img_dir) / f"latency_table_{tag}_{args.space}_{size}.png"
     val = validate_table(table, space, profile, n=args.validate, seed=args.seed + 1, plot_path=plot,
                          on_progress=_say)
     archs = [space.parse(a) for a in val.archs]
-    figures = {"in context, calibrated": error_figures(val.predicted_ms, val.measured_ms),
-               "in context, raw sum": error_figures(val.raw_ms, val.measured_ms)}
-    if isolated is not None:
-        figures["isolated, calibrated"] = error_figures([isolated.predict(a) for a in archs], val.measured_ms)
-        figures["isolated, raw sum"] = error_figures([isolated.predict_raw(a) for a in archs], val.measured_ms)
+    figures = {f"{method}, calibrated": error_figures(val.predicted_ms, val.measured_ms),
+               f"{method}, raw sum": error_figures(val.raw_ms, val.measured_ms)}
+    for other, alt in others.items():
+        figures[f"{other}, calibrated"] = error_figures([alt.predict(a) for a in archs], val.measured_ms)
+        figures[f"{other}, raw sum"] = error_figures([alt.predict_raw(a) for a in archs], val.measured_ms)
     query_us = time_predict(table, space, samples=1000, number=20)
     table.query_us = query_us
     ratio_rows: list[tuple[str, float, float]] = []
@@ -182,7 +194,7 @@ def run_size(args: argparse.Namespace, size: int) -> SizeResult:
     saved = None
     if args.tables_dir:
         saved = table.save(Path(args.tables_dir) / f"{profile.name}_{args.space}_{preset}_{size}x{size}.json")
-    return SizeResult(size, preset, space, profile, table, isolated, figures, query_us, ratio_rows, load_before,
+    return SizeResult(size, preset, space, profile, table, others, figures, query_us, ratio_rows, load_before,
                       _load(), probe, plot, saved)
 
 
@@ -199,8 +211,15 @@ def _meets(f: ErrorFigures) -> list[str]:
     return misses
 
 
+def _calibrated(r: SizeResult) -> ErrorFigures:
+    return r.figures[f"{r.table.method}, calibrated"]
+
+
 def _models_timed(r: SizeResult) -> int:
-    """Blocks, stem, head, context prefixes (one per distinct input shape) and calibration subnets."""
+    """Blocks (or one-layer variants and the base), stem, head, context prefixes (one per distinct input
+    shape) and calibration subnets."""
+    if r.table.method == "network":
+        return sum(e.count > 0 for row in r.table.entries for e in row) + 1 + r.table.calibration.n
     hw = (r.size, r.size)
     shapes = {*r.space.layer_input_shapes(hw), r.space.head_input_shape(hw)}
     prefixes = len(shapes) if r.table.method == "context" else 0
@@ -237,11 +256,12 @@ def format_report(results: Sequence[SizeResult], args: argparse.Namespace, out: 
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
-        f = r.figures["in context, calibrated"]
+        f = _calibrated(r)
         v = r.table.validation
         assert v is not None
         misses = _meets(f)
-        lines.append(f"| {r.size}x{r.size} | {r.space.name}/{r.preset} ({len(r.space.layers)} layers) | "
+        lines.append(f"| {r.size}x{r.size} | {r.space.name}/{r.preset} ({len(r.space.layers)} layers), "
+                     f"method {r.table.method} | "
                      f"{f.median_rel_error:.2%} | {f.max_rel_error:.2%} | {f.within_10pct:.0%} | {f.kendall_tau:.3f} | "
                      f"{f.mean_signed_rel_error:+.2%} | {v.noise_rel:.1%} | "
                      f"{'met' if not misses else 'missed: ' + '; '.join(misses)} |")
@@ -264,25 +284,27 @@ def format_report(results: Sequence[SizeResult], args: argparse.Namespace, out: 
     lines += ["", "One prediction: `LatencyTable.predict` timed with `timeit` over 1000 random architectures. "
               "One candidate end to end: export, session creation and the timed protocol, as `profile validate` "
               "pays per subnet. The build includes the calibration subnets."]
-    if any(r.isolated is not None for r in results):
-        lines += ["", "**Blocks timed in context vs alone** (same calibration and validation measurements)", "",
+    if any(r.others for r in results):
+        lines += ["", "**Timing methods compared** (same calibration and validation measurements)", "",
                   "| input | method | median error | max error | within ±10% | Kendall tau | bias |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         for r in results:
             for name, f in r.figures.items():
                 lines.append(f"| {r.size}x{r.size} | {name} | {f.median_rel_error:.2%} | {f.max_rel_error:.2%} | "
                              f"{f.within_10pct:.0%} | {f.kendall_tau:.3f} | {f.mean_signed_rel_error:+.2%} |")
-        lines += ["", "_In context_: each block timed behind a depthwise 1x1 prefix, minus the prefix alone, so the "
+        lines += ["", "_context_: each block timed behind a depthwise 1x1 prefix, minus the prefix alone, so the "
                   "per-run session overhead and ONNX Runtime's NCHW<->NCHWc reorders cancel and the residual Add "
-                  "fuses into the last convolution as it does in the whole network. _Isolated_: bare blocks, each "
-                  "paying a session run and two reorders the network does not pay. _Raw sum_: before calibration."]
+                  "fuses into the last convolution as it does in the whole network. _isolated_: bare blocks, each "
+                  "paying a session run and two reorders the network does not pay. _network_: each entry is the "
+                  "all-min subnet with that one layer changed, minus the all-min subnet, so whatever the runtime "
+                  "does across block boundaries is in it. _Raw sum_: before calibration."]
     lines += ["", "**Calibration** (`measured = scale x raw + offset`)", ""]
     for r in results:
         c = r.table.calibration
         lines.append(f"- {r.size}x{r.size}: scale {c.scale:.4f}, offset {c.offset_ms:+.4f} ms on {c.n} subnets"
                      + (f", {len(c.outliers)} left out as outliers" if c.outliers else "")
-                     + (f"; isolated blocks: scale {r.isolated.calibration.scale:.4f}, offset "
-                        f"{r.isolated.calibration.offset_ms:+.4f} ms" if r.isolated is not None else ""))
+                     + "".join(f"; {name}: scale {alt.calibration.scale:.4f}, offset "
+                               f"{alt.calibration.offset_ms:+.4f} ms" for name, alt in r.others.items()))
     if any(r.ratio_rows for r in results):
         tp = args.torch_profile
         lines += ["", f"**ONNX Runtime vs torch eager** (`{p.name}` vs `{tp}`, same threads and batch; medians)", "",
@@ -297,8 +319,8 @@ def format_report(results: Sequence[SizeResult], args: argparse.Namespace, out: 
     for r in results:
         v = r.table.validation
         assert v is not None
-        misses = _meets(r.figures["in context, calibrated"])
-        raw = r.figures["in context, raw sum"]
+        misses = _meets(_calibrated(r))
+        raw = r.figures[f"{r.table.method}, raw sum"]
         lines.append(
             f"- {r.size}x{r.size}: load average (1/5/15 min) {_loads(r.load_before)} before, {_loads(r.load_after)} "
             f"after; host timing probe (fixed pure-Python loop, no model): p90/p10 {r.probe[0]:.2f} within a trial, "
@@ -316,7 +338,7 @@ def _diagnosis(r: SizeResult) -> str:
     """A first reading of why the target was missed, from the numbers themselves."""
     v = r.table.validation
     assert v is not None
-    f = r.figures["in context, calibrated"]
+    f = _calibrated(r)
     reasons = []
     if v.noise_rel > 0.02:
         reasons.append(f"re-measuring a subnet moves it by {v.noise_rel:.1%}, so errors of that size are measurement "
@@ -332,10 +354,10 @@ def _diagnosis(r: SizeResult) -> str:
     if f.kendall_tau < TARGET["tau"]:
         reasons.append(f"the fresh subnets span only {spread:.0%} of their median latency, so noise of "
                        f"{v.noise_rel:.1%} is enough to swap neighbours and lower tau")
-    if r.isolated is not None:
-        iso = r.figures["isolated, calibrated"]
-        if iso.median_rel_error < f.median_rel_error:
-            reasons.append(f"bare blocks did better here ({iso.median_rel_error:.2%} median error)")
+    for other in r.others:
+        alt = r.figures[f"{other}, calibrated"]
+        if alt.median_rel_error < f.median_rel_error:
+            reasons.append(f"method {other} did better here ({alt.median_rel_error:.2%} median error)")
     return ": " + "; ".join(reasons) + "." if reasons else "."
 
 
@@ -353,8 +375,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validate", type=int, help=f"fresh subnets measured end to end (default {FULL['validate']})")
     p.add_argument("--calib", type=int, help=f"uniform calibration subnets (default {FULL['calib']})")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help="how the table's entries are timed (default: as edgenas profile build does for the profile)")
     p.add_argument("--compare-methods", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time bare blocks and score them on the same measurements")
+                   help="also build tables by the other methods and score them on the same measurements")
     p.add_argument("--warmup", type=int, help="override the profile's warm-up runs per trial")
     p.add_argument("--repeats", type=int, help="override the profile's timed runs per trial")
     p.add_argument("--trials", type=int, help="override the profile's trials (interleaved passes over all models)")

@@ -232,8 +232,9 @@ def profile_show(name: str, input_shape: str | None) -> None:
 @click.option("--calib", type=int, default=30, show_default=True,
               help="Uniformly sampled subnets measured end to end for the calibration (plus all-min, all-max).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--method", type=click.Choice(["context", "isolated"]), default="context", show_default=True,
-              help="Time each block behind a context prefix (default) or alone.")
+@click.option("--method", type=click.Choice(["context", "isolated", "network"]), default=None,
+              help="How entries are timed: each block behind a context prefix, alone, or as a one-layer change "
+                   "of a whole subnet. [default: network for int8 profiles, context otherwise]")
 @click.option("--out", default=None,
               help="Table file. [default: latency_tables/<profile>_<space>_<preset>_<H>x<W>.json]")
 @click.option("--force", is_flag=True, help="Overwrite an existing table file.")
@@ -243,7 +244,7 @@ def profile_build(profile_name: str, space_name: str, preset: str | None, width_
                   force: bool, warmup: int | None, repeats: int | None, trials: int | None) -> None:
     """Measure a latency lookup table for a space on a profile's target and calibrate it."""
     from edgenas.hardware.profile import load_profile
-    from edgenas.hardware.table import build_table
+    from edgenas.hardware.table import build_table, default_method
     from edgenas.space import create_space, default_preset
 
     p = _with_protocol(load_profile(profile_name, _parse_shape(input_shape)), warmup, repeats, trials)
@@ -257,6 +258,7 @@ def profile_build(profile_name: str, space_name: str, preset: str | None, width_
     path = Path(out) if out else Path("latency_tables") / f"{p.name}_{sp.name}_{chosen}{width}_{h}x{w}.json"
     if path.exists() and not force:
         raise EdgenasError(f"{path} exists; pass --force to rebuild it or choose another --out")
+    method = method or default_method(p)
     table = build_table(sp, p, num_classes=num_classes, calib_samples=calib, seed=seed, method=method,  # type: ignore[arg-type]
                         on_progress=_progress)
     table.save(path)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from edgenas.cli import cli
+from edgenas.errors import ConfigError
 from edgenas.hardware.calibration import error_figures, fit_calibration, kendall_tau
 from edgenas.hardware.measure import LatencyStats, export_onnx_bytes
 from edgenas.hardware.profile import Budgets, load_profile
@@ -26,10 +27,11 @@ from edgenas.hardware.table import (
     TableError,
     build_table,
     check_budgets,
+    default_method,
     environment_warnings,
     validate_table,
 )
-from edgenas.space import create_space
+from edgenas.space import Subnet, create_space
 
 PROFILE_YAML = """\
 name: {name}
@@ -142,6 +144,55 @@ def test_context_method_cancels_per_run_overhead(space, profile):
         blocks = sum(label != "skip" for label in space.labels(space.parse(arch)))
         assert raw - meas == pytest.approx(0.01 * (blocks + 1))
 
+
+
+class _FusingMeasurer(_FakeMeasurer):
+    """As the fake above, but inside a whole subnet every parameter costs half: a stand-in for what a
+    runtime fuses across block boundaries (int8 QDQ graphs), which no block-level timing can see."""
+
+    def measure_many(self, models, input_shapes):
+        out = []
+        for m in models:
+            per = 0.5e-3 if isinstance(m, Subnet) else 1e-3
+            ms = sum(p.numel() for p in m.parameters()) * per + self.overhead_ms
+            out.append(LatencyStats.from_samples([ms] * 3, [ms]))
+        return out
+
+
+def test_network_method_sees_what_the_whole_network_does(space, profile):
+    table = build_table(space, profile, calib_samples=5, method="network", measurer=_FusingMeasurer())
+    cal = table.calibration
+    assert table.method == "network" and table.head.count == 0 and all(c is None for c in table.context)
+    # One-layer changes of the base subnet minus the base: additive here, so the raw sum is exact.
+    assert cal.raw_ms == pytest.approx(cal.measured_ms)
+    assert cal.scale == pytest.approx(1.0, abs=1e-9) and cal.offset_ms == pytest.approx(0.0, abs=1e-9)
+    base = space.extreme_arch(space.macs_table((28, 28)))
+    assert table.predict_raw(base) == pytest.approx(table.stem.median_ms)  # the base costs only the fixed part
+    for i, layer in enumerate(space.layers):
+        assert table.entries[i][base.choices[i]].median_ms == 0.0
+        assert all(e.count == 0 for c, e in enumerate(table.entries[i]) if layer.choices[c] == "skip")
+    # Blocks timed behind a prefix cost what they cost alone: twice too much in this network.
+    context = build_table(space, profile, calib_samples=5, measurer=_FusingMeasurer())
+    assert all(r > m for r, m in zip(context.calibration.raw_ms, context.calibration.measured_ms))
+    assert LatencyTable.from_json(json.loads(json.dumps(table.to_json()))).predict(base) == table.predict(base)
+
+
+def test_default_method_is_network_for_int8_only():
+    assert default_method(load_profile("cpu-ort-int8")) == "network"
+    assert default_method(load_profile("cpu-ort")) == "context"
+    with pytest.raises(ConfigError, match="known: context, isolated, network"):
+        build_table(_tiny_space(), load_profile("cpu-ort"), method="nope", measurer=_FakeMeasurer())
+
+
+def test_zero_calibration_subnets_measure_none(space, profile):
+    class Counting(_FakeMeasurer):
+        def measure_many(self, models, input_shapes):
+            self.subnets = sum(isinstance(m, Subnet) for m in models)
+            return super().measure_many(models, input_shapes)
+
+    meter = Counting()
+    table = build_table(space, profile, calib_samples=0, measurer=meter)
+    assert meter.subnets == 0 and table.calibration.n == 0
 
 # ----- a real table ----------------------------------------------------------------------------------------------
 def test_predict_is_stem_plus_blocks_plus_head(built, space):

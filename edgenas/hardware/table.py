@@ -21,6 +21,16 @@ How a table is measured (:func:`build_table`), and why:
   prefix itself cancel in the difference, while the output reorders telescope along the chain
   (each block adds the reorder of its output and removes that of its input). ``method="isolated"``
   times the bare blocks and leaves all of this to the calibration; it is kept for comparison.
+* **In the network** (``method="network"``): every entry is timed inside a whole subnet. A *base*
+  subnet (the all-minimum by MACs: every skippable layer skipped, the cheapest block elsewhere) is
+  measured, and so is, for every (layer, choice), the base with only that layer changed; the entry
+  is the difference, the base's choice costs 0 and the base's own latency is the fixed part (stored
+  as ``stem``; ``head`` is 0). This sees whatever a runtime does across block boundaries, which no
+  block-level timing can. It matters for int8: ONNX Runtime's QDQ graphs of a block on its own
+  (behind a prefix or not) kept quantize/dequantize work that the whole int8 network fuses away, so
+  the in-context entries of the large blocks of the late stages came out 4-6x what changing that
+  layer costs in a network (measured on ``cpu-ort-int8``, see docs/BENCHMARKS.md); for fp32 the two
+  methods agree. Its cost: about one small subnet per entry instead of one block.
 * All blocks, prefixes, stem, head and the calibration subnets are timed in one interleaved
   :meth:`~edgenas.hardware.measure.LatencyMeasurer.measure_many` call, so drift of the machine hits
   the parts and the end-to-end measurements alike.
@@ -65,6 +75,7 @@ from edgenas.space import Arch, SearchSpace, space_to_dict
 __all__ = [
     "FORMAT",
     "FORMAT_DOC",
+    "METHODS",
     "EntryStats",
     "InfeasibleBudgetError",
     "LatencyTable",
@@ -74,6 +85,7 @@ __all__ = [
     "build_table",
     "check_budgets",
     "cpu_model",
+    "default_method",
     "environment_of",
     "environment_warnings",
     "plot_validation",
@@ -84,7 +96,8 @@ __all__ = [
 ]
 
 FORMAT = "edgenas-latency-table/1"
-Method = Literal["context", "isolated"]
+Method = Literal["context", "isolated", "network"]
+METHODS: tuple[str, ...] = ("context", "isolated", "network")
 
 FORMAT_DOC: dict[str, str] = {
     "format": f"'{FORMAT}'; readers refuse other values.",
@@ -102,13 +115,17 @@ FORMAT_DOC: dict[str, str] = {
     "statistic": "Which statistic of the samples the predictions use (the profile's measure.statistic).",
     "method": "'context': each block timed behind a depthwise 1x1 context prefix, minus the prefix alone "
               "(session overhead and layout reorders cancel, residual adds fuse as in the network); "
-              "'isolated': each block timed alone.",
-    "stem": "Stem statistics in ms: median_ms, mean_ms, p90_ms, var_ms2 (variance, ms^2), count (timed runs).",
-    "head": "Head statistics (same keys); with method 'context', net of the head's context prefix.",
+              "'isolated': each block timed alone; 'network': each entry is a whole subnet (the all-min base with "
+              "that one layer changed) minus the base subnet.",
+    "stem": "Stem statistics in ms: median_ms, mean_ms, p90_ms, var_ms2 (variance, ms^2), count (timed runs); "
+            "with method 'network', the whole base subnet's.",
+    "head": "Head statistics (same keys); with method 'context', net of the head's context prefix; 0 with "
+            "'network' (the base subnet includes it).",
     "entries": "entries[layer][choice]: {choice label, median_ms, mean_ms, p90_ms, var_ms2, count} of each "
                "block at its layer's input shape; with method 'context', net of the layer's context prefix "
-               "(each statistic minus the prefix's, variances added). Skip choices: all 0, count 0.",
-    "context": "Per layer, the statistics of the context prefix that was subtracted (null for 'isolated'); "
+               "(each statistic minus the prefix's, variances added); with 'network', the one-layer variant "
+               "minus the base (the base's own choice 0). Skip choices: all 0, count 0.",
+    "context": "Per layer, the statistics of the context prefix that was subtracted (null otherwise); "
                "'head_context' likewise for the head.",
     "calibration": "predicted_ms = scale * raw_ms + offset_ms, raw_ms = stem + sum(entries) + head; fitted on n "
                    "end-to-end measurements (archs, raw_ms, measured_ms kept; outliers = indices left out).",
@@ -506,9 +523,11 @@ def _plain(data: dict[str, Any]) -> dict[str, Any]:
 
 def _calibration_archs(space: SearchSpace, input_hw: tuple[int, int], count: int, seed: int) -> list[Arch]:
     """All-minimum and all-maximum (by MACs) plus ``count`` uniform samples, without duplicates."""
+    if count <= 0:
+        return []
     macs = space.macs_table(input_hw)
     rng = np.random.default_rng([seed, 0xCA1])
-    archs = [space.extreme_arch(macs), space.extreme_arch(macs, largest=True)] if count > 0 else []
+    archs = [space.extreme_arch(macs), space.extreme_arch(macs, largest=True)]
     seen = set(archs)
     attempts = 0
     while len(archs) < count + 2 and attempts < 100 * (count + 2):
@@ -538,6 +557,12 @@ def _measurer(profile: Profile, measurer: Any | None) -> Any:
     return create_measurer(profile)
 
 
+def default_method(profile: Profile) -> Method:
+    """``network`` for int8 profiles, whose block-level timings miss what the whole quantized network
+    fuses (see the module docstring); ``context`` otherwise, which costs less and is as accurate there."""
+    return "network" if profile.precision == "int8" else "context"
+
+
 def build_table(space: SearchSpace, profile: Profile, num_classes: int = 10, calib_samples: int = 30,
                 seed: int = 0, method: Method = "context", on_progress: Callable[[str], None] | None = None,
                 measurer: Any | None = None) -> LatencyTable:
@@ -547,8 +572,8 @@ def build_table(space: SearchSpace, profile: Profile, num_classes: int = 10, cal
     the same interleaved run as the blocks; ``calib_samples=0`` leaves the identity calibration.
     ``measurer`` is for tests (a fake); by default :func:`~edgenas.hardware.measure.create_measurer`.
     """
-    if method not in ("context", "isolated"):
-        raise ConfigError(f"unknown latency table method '{method}' (known: context, isolated)")
+    if method not in METHODS:
+        raise ConfigError(f"unknown latency table method '{method}' (known: {', '.join(METHODS)})")
     if calib_samples < 0:
         raise ConfigError(f"calibration samples must be >= 0, not {calib_samples}")
     say = on_progress or (lambda message: None)
@@ -567,6 +592,8 @@ def build_table(space: SearchSpace, profile: Profile, num_classes: int = 10, cal
         inputs.append(shape)
         return len(models) - 1
 
+    if method == "network":
+        return _build_network_table(space, profile, num_classes, calib_samples, seed, meter, say, start)
     stem_i = add(space.build_stem(in_channels), (in_channels, h, w))
     in_context = method == "context"
     head_model = space.build_head(num_classes)
@@ -608,8 +635,14 @@ def build_table(space: SearchSpace, profile: Profile, num_classes: int = 10, cal
         entries=entries, labels=[list(layer.choices) for layer in space.layers], context=context,
         head_context=EntryStats.of(stats[prefix_of[head_shape]]) if in_context else None,
     )
+    return _finish(table, space, calib, [stats[k] for k in calib_i], say, start)
+
+
+def _finish(table: LatencyTable, space: SearchSpace, calib: list[Arch], calib_stats: list[Any],
+            say: Callable[[str], None], start: float) -> LatencyTable:
+    """Fit the calibration on the end-to-end subnets and time a prediction."""
     if calib:
-        measured = [stats[k].value(m.statistic) for k in calib_i]
+        measured = [st.value(table.statistic) for st in calib_stats]
         raw = [table.predict_raw(a) for a in calib]
         try:
             table.calibration = fit_calibration(raw, measured, [str(a) for a in calib])
@@ -622,6 +655,37 @@ def build_table(space: SearchSpace, profile: Profile, num_classes: int = 10, cal
     table.build_seconds = time.perf_counter() - start
     say(f"built in {table.build_seconds:.1f} s; one prediction takes {table.query_us:.2f} us")
     return table
+
+
+def _build_network_table(space: SearchSpace, profile: Profile, num_classes: int, calib_samples: int, seed: int,
+                         meter: Any, say: Callable[[str], None], start: float) -> LatencyTable:
+    """``method="network"`` (see the module docstring): entries are subnet-minus-base differences."""
+    in_channels, h, w = profile.input_shape
+    base = space.extreme_arch(space.macs_table((h, w)))
+    variants: dict[tuple[int, int], Arch] = {}
+    for i, layer in enumerate(space.layers):
+        for c, label in enumerate(layer.choices):
+            if c != base.choices[i] and label != "skip":
+                variants[(i, c)] = dataclasses.replace(base, choices=(*base.choices[:i], c, *base.choices[i + 1:]))
+    calib = _calibration_archs(space, (h, w), calib_samples, seed)
+    archs = [base, *variants.values(), *calib]
+    m = profile.measure
+    say(f"measuring the base subnet, {len(variants)} one-layer variants of it and {len(calib)} calibration "
+        f"subnets on {profile.name} at {h}x{w} ({len(archs)} models, interleaved, {m.trials} trials x "
+        f"({m.warmup} warm-up + {m.repeats} timed runs))")
+    models = [space.build_subnet(a, num_classes, in_channels) for a in archs]
+    stats = meter.measure_many(models, [(in_channels, h, w)] * len(models))
+    base_stats, by_variant = stats[0], dict(zip(variants, stats[1:1 + len(variants)]))
+    entries = [[EntryStats.difference(by_variant[(i, c)], base_stats) if (i, c) in by_variant else EntryStats()
+                for c in range(len(layer.choices))] for i, layer in enumerate(space.layers)]
+    table = LatencyTable(
+        space=_plain(space_to_dict(space)),
+        profile=_plain({**profile.to_json(), "latency_hash": profile.latency_hash()}),
+        environment=environment_of(profile), input_shape=profile.input_shape, num_classes=num_classes,
+        statistic=m.statistic, method="network", stem=EntryStats.of(base_stats), head=EntryStats(),
+        entries=entries, labels=[list(layer.choices) for layer in space.layers], context=[None] * len(space.layers),
+    )
+    return _finish(table, space, calib, list(stats[1 + len(variants):]), say, start)
 
 
 # ----- validation -----------------------------------------------------------------------------------------------------
