@@ -15,14 +15,15 @@ all on the profile:
   1.0) whatever its latency.
 
 All trainings use the same data (the searches' splits), epochs, image count, learning-rate schedule
-and seed; they run as CLI subprocesses, ``--jobs`` at a time. Finally every network is measured end
+and seeds (``--seeds``: every from-scratch training is repeated per seed and reported as mean ± sd,
+since a few short epochs leave a spread between seeds of the order of the differences compared); they run as CLI subprocesses, ``--jobs`` at a time. Finally every network is measured end
 to end on the profile, all in one interleaved run after training has finished (latency does not
 depend on the weights, so fresh copies are timed). Everything is resumable: finished trainings are
 reused, interrupted ones resumed, the width choice is kept in ``widths.json``.
 
 Needs the searches of ``search_quality.py`` in ``--searches``. Run from the repository root::
 
-    .venv/bin/python benchmarks/search_finetuned.py --budgets 0.3 0.5 0.8
+    .venv/bin/python benchmarks/search_finetuned.py --budgets 0.092 0.103 0.12 --seeds 0 1 2
 
 ``--quick`` trains for one short epoch (figures not to be quoted).
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from _report import provenance, write_section
 from _runs import cli
@@ -73,10 +76,20 @@ class Model:
     arch: str | None = None
 
 
-def _recipe(args: argparse.Namespace) -> list[str]:
+def _recipe(args: argparse.Namespace, seed: int | None = None) -> list[str]:
     epochs, limit = (1, 2000) if args.quick else (args.epochs, args.train_limit)
     return ["--epochs", str(epochs), "--train-limit", str(limit), "--batch-size", str(args.batch_size),
-            "--lr", str(args.lr), "--seed", str(args.seed), "--threads", "1", "--device", "cpu"]
+            "--lr", str(args.lr), "--seed", str(args.seeds[0] if seed is None else seed), "--threads", "1",
+            "--device", "cpu"]
+
+
+def _scratch_runs(first: Path, seeds: list[int]) -> dict[str, Path]:
+    """``scratch`` (the first seed, in ``first``) and ``scratch@S`` for every further seed S."""
+    return {"scratch": first, **{f"scratch@{s}": first.with_name(f"{first.name}-s{s}") for s in seeds[1:]}}
+
+
+def _seed_of(run: str, seeds: list[int]) -> int:
+    return int(run.split("@")[1]) if "@" in run else seeds[0]
 
 
 def _finished(out: Path) -> dict[str, Any] | None:
@@ -88,18 +101,20 @@ def _resume(out: Path) -> list[str]:
     return ["--resume"] if (out / "last.pt").is_file() else []
 
 
-def _winner_jobs(model: Model, run_dir: Path, recipe: list[str], scheduled: set[Path]) -> list[Any]:
-    """Extract and fine-tune from inherited weights; train the same architecture from scratch (once per
-    architecture: several searches may find the same one)."""
+def _winner_jobs(model: Model, run_dir: Path, args: argparse.Namespace, scheduled: set[Path]) -> list[Any]:
+    """Extract and fine-tune from inherited weights (first seed); train the same architecture from
+    scratch with every seed (once per architecture: several searches may find the same one)."""
     jobs = []
     arch = model.arch
     assert arch is not None
-    inherited, scratch = model.runs["inherited"], model.runs["scratch"]
+    inherited = model.runs["inherited"]
     if _finished(inherited) is None:
-        jobs.append(_train_winner(model, run_dir, inherited, [*recipe, *_resume(inherited)], "inherited"))
-    if _finished(scratch) is None and scratch not in scheduled:
-        scheduled.add(scratch)
-        jobs.append(_train_winner(model, run_dir, scratch, ["--from-scratch", *recipe, *_resume(scratch)], "scratch"))
+        jobs.append(_train_winner(model, run_dir, inherited, [*_recipe(args), *_resume(inherited)], "inherited"))
+    for run, out in model.runs.items():
+        if run.startswith("scratch") and _finished(out) is None and out not in scheduled:
+            scheduled.add(out)
+            options = ["--from-scratch", *_recipe(args, _seed_of(run, args.seeds)), *_resume(out)]
+            jobs.append(_train_winner(model, run_dir, out, options, run))
     return jobs
 
 
@@ -117,17 +132,16 @@ def _train_winner(model: Model, run_dir: Path, out: Path, options: list[str], ho
     return job
 
 
-def _baseline_job(model: Model, family: str, width: float, val_limit: int | None, recipe: list[str]) -> Any:
-    out = model.runs["scratch"]
-    if _finished(out) is not None:
-        return None
+def _baseline_jobs(model: Model, family: str, width: float, val_limit: int | None, args: argparse.Namespace
+                   ) -> list[Any]:
     val = ["--val-limit", str(val_limit)] if val_limit is not None else []
 
-    def train() -> None:
+    def train(out: Path, recipe: list[str], label: str) -> None:
         cli(["baseline", "--family", family, "--width", f"{width:g}", "--out", str(out), *val, *recipe,
-             *_resume(out)], model.label)
+             *_resume(out)], label)
 
-    return train
+    return [functools.partial(train, out, _recipe(args, _seed_of(run, args.seeds)), f"{model.label} {run}")
+            for run, out in model.runs.items() if _finished(out) is None]
 
 
 def _widths(args: argparse.Namespace, profile: Any, data_shape: tuple[int, int, int], num_classes: int,
@@ -186,18 +200,18 @@ def run(args: argparse.Namespace) -> str:
             key = f"{method}-b{budget:g}"
             model = Model(key, method, f"{method} @ {budget:g} ms",
                           lambda a=parsed: space.build_subnet(a, num_classes, in_channels),
-                          {"inherited": work / "inherited" / key, "scratch": work / "scratch" / parsed.arch_id},
-                          {budget}, arch)
+                          {"inherited": work / "inherited" / key,
+                           **_scratch_runs(work / "scratch" / parsed.arch_id, args.seeds)}, {budget}, arch)
             models[key] = model
-            jobs += _winner_jobs(model, searches / f"b{budget:g}" / method, recipe, scheduled)
+            jobs += _winner_jobs(model, searches / f"b{budget:g}" / method, args, scheduled)
         for family in args.baselines:
             try:
                 pick = choose_width(family, [tuple(t) for t in widths[family]], budget)
             except EdgenasError as err:
                 print(f"[{budget:g} ms] {err}", file=sys.stderr)
                 continue
-            _add_baseline(models, jobs, work, family, pick.width, budget, data_cfg, recipe, sized)
-    _add_baseline(models, jobs, work, *STOCK, None, data_cfg, recipe, sized)
+            _add_baseline(models, jobs, work, family, pick.width, budget, data_cfg, args, sized)
+    _add_baseline(models, jobs, work, *STOCK, None, data_cfg, args, sized)
     jobs = [j for j in jobs if j is not None]
     if jobs:
         print(f"training {len(jobs)} network(s), {args.jobs} at a time ...", file=sys.stderr)
@@ -214,7 +228,9 @@ def run(args: argparse.Namespace) -> str:
         rows.append({"key": m.key, "kind": m.kind, "label": m.label, "arch": m.arch,
                      "budgets": sorted(m.budgets), "ms": ms, "trial_ms": spread,
                      "mmacs": cost.flops / 1e6, "params_k": cost.params / 1e3,
-                     "inherited": results.get("inherited"), "scratch": results.get("scratch")})
+                     "inherited": results.get("inherited"), "scratch": results.get("scratch"),
+                     "scratch_seeds": {_seed_of(run, args.seeds): _acc(res) for run, res in results.items()
+                                       if run.startswith("scratch") and res is not None}})
     (work / "results.json").write_text(json.dumps(rows, indent=2, default=str))
     _plot(rows, args.budgets)
     return _markdown(args, rows, widths, profile.measure.statistic, data.name, recipe)
@@ -243,13 +259,14 @@ def _measure(models: list[Model], profile: Any, trials: int) -> dict[str, tuple[
 
 
 def _add_baseline(models: dict[str, Model], jobs: list[Any], work: Path, family: str, width: float,
-                  budget: float | None, data_cfg: dict[str, Any], recipe: list[str], sized: dict[str, Any]) -> None:
+                  budget: float | None, data_cfg: dict[str, Any], args: argparse.Namespace,
+                  sized: dict[str, Any]) -> None:
     fam = get_family(family)
     key = fam.label(width)
     if key not in models:
         models[key] = Model(key, "baseline", key, lambda: build_baseline(fam, width, **sized),
-                            {"scratch": work / "baselines" / key})
-        jobs.append(_baseline_job(models[key], family, width, data_cfg.get("val_limit"), recipe))
+                            _scratch_runs(work / "baselines" / key, args.seeds))
+        jobs += _baseline_jobs(models[key], family, width, data_cfg.get("val_limit"), args)
     if budget is not None:
         models[key].budgets.add(budget)
 
@@ -296,6 +313,17 @@ def _fmt(acc: float | None) -> str:
     return "-" if acc is None else f"{acc:.2%}"
 
 
+def _seeds_fmt(by_seed: dict[int, float]) -> str:
+    """One seed: its accuracy; several: mean ± sample sd (min-max, n seeds)."""
+    if not by_seed:
+        return "-"
+    values = np.array(list(by_seed.values())) * 100
+    if len(values) == 1:
+        return f"{values[0]:.2f}%"
+    return (f"{values.mean():.2f}% ± {values.std(ddof=1):.2f} ({values.min():.2f}-{values.max():.2f}, "
+            f"{len(values)} seeds)")
+
+
 def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]], widths: dict[str, Any], statistic: str,
               data_name: str, recipe: list[str]) -> str:
     scale = "QUICK smoke scale: not figures to quote" if args.quick else (
@@ -305,7 +333,8 @@ def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]], widths: dict
         *provenance(),
         "",
         f"Scale: {scale}. Recipe for every network (`edgenas finetune`/`edgenas baseline` options): "
-        f"`{' '.join(recipe)}`, SGD with Nesterov momentum, cosine schedule, label smoothing 0.1, best "
+        f"`{' '.join(recipe)}` (from scratch: seeds {', '.join(map(str, args.seeds))}), SGD with Nesterov "
+        "momentum, cosine schedule, label smoothing 0.1, best "
         f"validation epoch kept. Dataset {data_name}, test accuracy on {'/'.join(map(str, counts))} test images. "
         f"Latency: the `{args.profile}` profile's {statistic} over {args.trials} interleaved trials, every distinct "
         "network measured in one run after training (winners that share an architecture share a measurement); "
@@ -328,11 +357,11 @@ def _markdown(args: argparse.Namespace, rows: list[dict[str, Any]], widths: dict
             lo, hi = r["trial_ms"]
             out.append(f"| {name} | {r['ms']:.3f} | {lo:.3f}-{hi:.3f} | {'yes' if r['ms'] <= budget else 'NO'} | "
                        f"{r['mmacs']:.2f} | "
-                       f"{r['params_k']:.0f} | {_fmt(_acc(r['inherited']))} | {_fmt(_acc(r['scratch']))} |")
+                       f"{r['params_k']:.0f} | {_fmt(_acc(r['inherited']))} | {_seeds_fmt(r['scratch_seeds'])} |")
         out.append("")
     stock = next(r for r in rows if r["key"] == get_family(STOCK[0]).label(STOCK[1]))
     out += [f"Stock MobileNetV3-Small (width 1.0, stride-1 stem, 1 input channel): {stock['ms']:.3f} ms, "
-            f"{stock['mmacs']:.2f} MMACs, {_fmt(_acc(stock['scratch']))} with the same recipe.", "",
+            f"{stock['mmacs']:.2f} MMACs, {_seeds_fmt(stock['scratch_seeds'])} with the same recipe.", "",
             f"![accuracy vs measured latency, one recipe](img/{PLOT.name})"]
     return "\n".join(out)
 
@@ -347,7 +376,8 @@ def main() -> None:
     p.add_argument("--train-limit", type=int, default=20000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="Training seeds of every from-scratch run (the first also for fine-tuning inherited weights).")
     p.add_argument("--jobs", type=int, default=2, help="Trainings at a time (one CPU thread each).")
     p.add_argument("--trials", type=int, default=10,
                    help="Interleaved trials of the final latency measurement (the profile's protocol otherwise).")

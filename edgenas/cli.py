@@ -628,7 +628,7 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
     from edgenas.config import from_mapping
     from edgenas.data import load_dataset
     from edgenas.hardware.profile import load_profile
-    from edgenas.hardware.table import LatencyTable, check_budgets, environment_warnings
+    from edgenas.hardware.table import LatencyTable, check_budgets, environment_warnings, loose_budget_warnings
     from edgenas.search import EvolutionConfig, ShiftConfig, latency_cost, make_budget_constraints, run_search
     from edgenas.search.results import result_to_json
     from edgenas.supernet import load_checkpoint
@@ -663,6 +663,7 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
     _warn(environment_warnings(table, prof))
     budgets = prof.with_budgets(latency_ms=latency_ms, mflops=mflops, params_m=params_m).budgets
     check_budgets(space, table, budgets, data.in_channels, data.num_classes, tuple(data.input_size))
+    _warn(loose_budget_warnings(space, table, budgets))
     constraints = make_budget_constraints(
         space, input_hw=tuple(data.input_size), in_channels=data.in_channels, num_classes=data.num_classes,
         latency_ms=budgets.latency_ms, mflops=budgets.mflops, params_m=budgets.params_m,

@@ -29,6 +29,7 @@ from edgenas.hardware.table import (
     check_budgets,
     default_method,
     environment_warnings,
+    loose_budget_warnings,
     validate_table,
 )
 from edgenas.space import Subnet, create_space
@@ -279,6 +280,16 @@ def test_infeasible_budget_reports_the_floor(built, space):
     with pytest.raises(InfeasibleBudgetError, match=r"meets mflops=0\.001 and params_m=1e-06: .*parameter count"):
         check_budgets(space, None, Budgets(mflops=0.001, params_m=1e-6), 1, 10, (28, 28))
 
+
+
+def test_a_budget_above_the_slowest_architecture_is_called_loose(built, space):
+    slowest = built.predict(built.max_latency_arch(space))
+    [line] = loose_budget_warnings(space, built, Budgets(latency_ms=slowest * 2))
+    assert f"budget {slowest * 2:g} ms admits every architecture of mbv3" in line
+    assert f"{built.predict(built.min_latency_arch(space)):.3g}-{slowest:.3g} ms" in line
+    assert loose_budget_warnings(space, built, Budgets(latency_ms=slowest * 0.99)) == []
+    assert loose_budget_warnings(space, built, Budgets(mflops=1.0)) == []
+    assert loose_budget_warnings(space, None, Budgets(latency_ms=1e3)) == []
 
 def test_validation_uses_fresh_archs_and_is_stored(space, profile, tmp_path):
     table = build_table(space, profile, calib_samples=6, seed=0, measurer=_FakeMeasurer())

@@ -88,6 +88,7 @@ __all__ = [
     "default_method",
     "environment_of",
     "environment_warnings",
+    "loose_budget_warnings",
     "plot_validation",
     "rebuild_hint",
     "space_floor",
@@ -854,3 +855,18 @@ def check_budgets(space: SearchSpace, table: LatencyTable | None, budgets: Budge
         raise InfeasibleBudgetError(f"no architecture of {space.name} at {h}x{w} meets {' and '.join(failed)}: "
                                     + ", ".join(parts))
     return floor
+
+
+def loose_budget_warnings(space: SearchSpace, table: LatencyTable | None, budgets: Budgets) -> list[str]:
+    """A latency budget above the slowest architecture's predicted latency constrains nothing: say so,
+    with the space's range on this machine, since a budget carried over from a slower device (or
+    another machine) silently turns a constrained search into an unconstrained one."""
+    if table is None or budgets.latency_ms is None:
+        return []
+    slowest, fastest = table.max_latency_arch(space), table.min_latency_arch(space)
+    top = table.predict(slowest)
+    if top > budgets.latency_ms:
+        return []
+    return [f"the latency budget {budgets.latency_ms:g} ms admits every architecture of {space.name}: predicted "
+            f"latencies on this target span {table.predict(fastest):.3g}-{top:.3g} ms, so latency constrains "
+            "nothing; lower the budget to search under it"]
