@@ -16,9 +16,10 @@ all on the profile:
 
 All trainings use the same data (the searches' splits), epochs, image count, learning-rate schedule
 and seeds (``--seeds``: every from-scratch training is repeated per seed and reported as mean ± sd,
-since a few short epochs leave a spread between seeds of the order of the differences compared); they run as CLI subprocesses, ``--jobs`` at a time. Finally every network is measured end
-to end on the profile, all in one interleaved run after training has finished (latency does not
-depend on the weights, so fresh copies are timed). Everything is resumable: finished trainings are
+since a few short epochs leave a spread between seeds of the order of the differences compared);
+they run as CLI subprocesses, ``--jobs`` at a time. Finally every network is measured end to end
+on the profile, all in one interleaved run after training has finished (latency does not depend on
+the weights, so fresh copies are timed). Everything is resumable: finished trainings are
 reused, interrupted ones resumed, the width choice is kept in ``widths.json``.
 
 Needs the searches of ``search_quality.py`` in ``--searches``. Run from the repository root::
@@ -276,8 +277,8 @@ def _acc(result: dict[str, Any] | None) -> float | None:
 
 
 def _plot(rows: list[dict[str, Any]], budgets: list[float]) -> None:
-    """Test accuracy vs measured latency: every network trained with the recipe from scratch (filled),
-    and the winners fine-tuned from their inherited weights (hollow)."""
+    """Test accuracy vs measured latency: every network trained with the recipe from scratch (filled:
+    mean over the seeds, bars one sd), and the winners fine-tuned from their inherited weights (hollow)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,7 +287,9 @@ def _plot(rows: list[dict[str, Any]], budgets: list[float]) -> None:
     style = {"shift": ("^", "C0"), "spos": ("o", "C1"), "random": ("x", "C2"), "baseline": ("s", "C3")}
     fig, ax = plt.subplots(figsize=(7, 4.8))
     for kind, (marker, color) in style.items():
-        pts = [(r["ms"], _acc(r["scratch"]) * 100) for r in rows if r["kind"] == kind and _acc(r["scratch"])]
+        pts = [(r["ms"], *_mean_sd(r["scratch_seeds"])) for r in rows if r["kind"] == kind and r["scratch_seeds"]]
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="none", ecolor=color,
+                    elinewidth=1, capsize=2)
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, s=55,
                    label=f"{kind} (from scratch)" if kind != "baseline" else "hand-designed baselines")
         inh = [(r["ms"], _acc(r["inherited"]) * 100) for r in rows if r["kind"] == kind and _acc(r["inherited"])]
@@ -295,13 +298,13 @@ def _plot(rows: list[dict[str, Any]], budgets: list[float]) -> None:
                        edgecolors=color, s=55, label=f"{kind} (inherited + fine-tuned)")
     for r in rows:
         if r["kind"] == "baseline":
-            ax.annotate(r["label"], (r["ms"], _acc(r["scratch"]) * 100), fontsize=7, xytext=(3, -9),
+            ax.annotate(r["label"], (r["ms"], _mean_sd(r["scratch_seeds"])[0]), fontsize=7, xytext=(3, -9),
                         textcoords="offset points")
     for b in budgets:
         ax.axvline(b, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlabel("measured latency, ms (cpu-ort, batch 1)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Same training recipe for every network; budgets dashed")
+    ax.set_title("One training recipe for all (mean ± sd over seeds); budgets dashed", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)
@@ -311,6 +314,12 @@ def _plot(rows: list[dict[str, Any]], budgets: list[float]) -> None:
 
 def _fmt(acc: float | None) -> str:
     return "-" if acc is None else f"{acc:.2%}"
+
+
+def _mean_sd(by_seed: dict[int, float]) -> tuple[float, float]:
+    """Mean and sample sd (0 for one seed) of the accuracies, in percent."""
+    values = np.array(list(by_seed.values())) * 100
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
 def _seeds_fmt(by_seed: dict[int, float]) -> str:
