@@ -591,6 +591,9 @@ class _SearchProgress:
               help="Latency table [default: the one in --tables-dir matching the space and profile].")
 @click.option("--tables-dir", default="latency_tables", show_default=True)
 @click.option("--latency-ms", type=float, default=None, help="Latency budget (overrides the profile's).")
+@click.option("--latency-quantile", type=float, default=None,
+              help="Latency budget as a quantile of the space's predicted latency on this target (e.g. 0.25: "
+                   "the fastest quarter), the same on every machine; instead of --latency-ms.")
 @click.option("--mflops", type=float, default=None, help="FLOPs budget, 1 multiply-add = 1 FLOP.")
 @click.option("--params-m", type=float, default=None, help="Parameter budget in millions.")
 @click.option("--data", "data_name", default=None, help="Dataset [default: the supernet's].")
@@ -618,9 +621,9 @@ class _SearchProgress:
               help="Time the final top-k end to end on the profile and recommend the best that fits the budget.")
 @click.option("--json", "as_json", is_flag=True, help="Print only the results as JSON.")
 def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freeze_backbone: bool,
-           table_path: str | None, tables_dir: str, latency_ms: float | None, mflops: float | None,
-           params_m: float | None, data_name: str | None, data_root: str | None, resize: int | None,
-           val_limit: int | None, population: int | None, generations: int | None, topk: int | None,
+           table_path: str | None, tables_dir: str, latency_ms: float | None, latency_quantile: float | None,
+           mflops: float | None, params_m: float | None, data_name: str | None, data_root: str | None,
+           resize: int | None, val_limit: int | None, population: int | None, generations: int | None, topk: int | None,
            mutations: int | None, mutation_prob: float | None, crossovers: int | None, seed: int | None,
            shift: bool, shift_update: str, shift_batches: int | None, shift_lr: float | None, device: str,
            out_dir: str, resume: bool, measure: bool, as_json: bool) -> None:
@@ -628,7 +631,15 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
     from edgenas.config import from_mapping
     from edgenas.data import load_dataset
     from edgenas.hardware.profile import load_profile
-    from edgenas.hardware.table import LatencyTable, check_budgets, environment_warnings, loose_budget_warnings
+    from edgenas.hardware.table import (
+        LatencyTable,
+        check_budgets,
+        environment_warnings,
+        loose_budget_warnings,
+    )
+    from edgenas.hardware.table import (
+        latency_quantile as quantile_budget,
+    )
     from edgenas.search import EvolutionConfig, ShiftConfig, latency_cost, make_budget_constraints, run_search
     from edgenas.search.results import result_to_json
     from edgenas.supernet import load_checkpoint
@@ -636,6 +647,8 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
 
     if (ckpt is None) == (transfer_from is None):
         raise EdgenasError("give exactly one of --supernet CKPT or --transfer-from CKPT")
+    if latency_ms is not None and latency_quantile is not None:
+        raise ConfigError("give --latency-ms or --latency-quantile, not both")
     if transfer_from is not None and not shift:
         raise EdgenasError("--transfer-from needs shifting: with --no-shift the new classifier would never be trained")
     if freeze_backbone and transfer_from is None:
@@ -661,6 +674,11 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
     table_file = Path(table_path) if table_path else _find_table(space, prof, Path(tables_dir))
     table = LatencyTable.load(table_file, space, prof)
     _warn(environment_warnings(table, prof))
+    if latency_quantile is not None:
+        latency_ms = quantile_budget(table, space, latency_quantile)
+        if not as_json:
+            click.echo(f"latency budget {latency_ms:.4g} ms: the {latency_quantile:g} quantile of predicted latency "
+                       f"over 10,000 uniform architectures of {space.name} on {prof.name}", err=True)
     budgets = prof.with_budgets(latency_ms=latency_ms, mflops=mflops, params_m=params_m).budgets
     check_budgets(space, table, budgets, data.in_channels, data.num_classes, tuple(data.input_size))
     _warn(loose_budget_warnings(space, table, budgets))
@@ -690,7 +708,8 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
         info={"profile": prof.name, "profile_hash": prof.latency_hash(), "table": str(table_file),
               "table_validation": table.validation.to_json() if table.validation else None,
               "source": str(source), "transfer": transfer_from is not None, "notes": notes,
-              "budgets": {"latency_ms": budgets.latency_ms, "mflops": budgets.mflops, "params_m": budgets.params_m}})
+              "budgets": {"latency_ms": budgets.latency_ms, "mflops": budgets.mflops, "params_m": budgets.params_m,
+                          "latency_quantile": latency_quantile}})
     measured = None
     if measure:
         from edgenas.search.results import write_search_json
@@ -1036,6 +1055,8 @@ def check(ctx: click.Context, bundle: str, profile_name: str, tolerance: str, tr
 @click.option("--data", "data_name", default="fashion-mnist", show_default=True)
 @click.option("--data-root", default=None)
 @click.option("--latency-ms", type=float, default=None, help="Latency budget [default: the profile's].")
+@click.option("--latency-quantile", type=float, default=None,
+              help="Latency budget as a quantile of the space's predicted latency on this target (see search).")
 @click.option("--mflops", type=float, default=None, help="FLOPs budget, 1 multiply-add = 1 FLOP.")
 @click.option("--params-m", type=float, default=None, help="Parameter budget in millions.")
 @click.option("--space", "space_name", default="mbv3", show_default=True)
@@ -1063,11 +1084,11 @@ def check(ctx: click.Context, bundle: str, profile_name: str, tolerance: str, tr
 @click.option("--resume", is_flag=True, help="Continue an interrupted run at its first unfinished stage.")
 @click.pass_context
 def run_cmd(ctx: click.Context, profile_name: str, data_name: str, data_root: str | None, latency_ms: float | None,
-            mflops: float | None, params_m: float | None, space_name: str, width_mult: float, epochs: int,
-            train_limit: int | None, population: int, generations: int, topk: int, mutations: int, crossovers: int,
-            val_limit: int, shift: bool, finetune_epochs: int, int8: bool, name: str | None,
-            export_dir: str | None, tables_dir: str, seed: int, threads: int, device: str, out_dir: str,
-            resume: bool) -> None:
+            latency_quantile: float | None, mflops: float | None, params_m: float | None, space_name: str,
+            width_mult: float, epochs: int, train_limit: int | None, population: int, generations: int, topk: int,
+            mutations: int, crossovers: int, val_limit: int, shift: bool, finetune_epochs: int, int8: bool,
+            name: str | None, export_dir: str | None, tables_dir: str, seed: int, threads: int, device: str,
+            out_dir: str, resume: bool) -> None:
     """The whole pipeline in one run directory: train, latency table, search, extract, fine-tune, export, check.
 
     Each stage is the command of the same name with its files under --out; `stages.json` records
@@ -1081,10 +1102,10 @@ def run_cmd(ctx: click.Context, profile_name: str, data_name: str, data_root: st
 
     out = Path(out_dir)
     settings = dict(
-        profile=profile_name, data=data_name, latency_ms=latency_ms, mflops=mflops, params_m=params_m,
-        space=space_name, width_mult=width_mult, epochs=epochs, train_limit=train_limit, population=population,
-        generations=generations, topk=topk, mutations=mutations, crossovers=crossovers, val_limit=val_limit,
-        shift=shift, finetune_epochs=finetune_epochs, int8=int8, seed=seed)
+        profile=profile_name, data=data_name, latency_ms=latency_ms, latency_quantile=latency_quantile,
+        mflops=mflops, params_m=params_m, space=space_name, width_mult=width_mult, epochs=epochs,
+        train_limit=train_limit, population=population, generations=generations, topk=topk, mutations=mutations,
+        crossovers=crossovers, val_limit=val_limit, shift=shift, finetune_epochs=finetune_epochs, int8=int8, seed=seed)
     prof = load_profile(profile_name)  # fail on a bad profile before any work
     if prof.runtime != "onnxruntime":
         raise ConfigError(f"edgenas run exports ONNX bundles; profile '{prof.name}' runs {prof.runtime}: "
@@ -1126,10 +1147,11 @@ def run_cmd(ctx: click.Context, profile_name: str, data_name: str, data_root: st
         log.finish("table", t, table=str(table_path), note=note)
     if (t := stage("search", "3/7 search")) is not None:
         ctx.invoke(search, profile_name=profile_name, ckpt=str(paths["supernet"] / "supernet.pt"),
-                   tables_dir=tables_dir, latency_ms=latency_ms, mflops=mflops, params_m=params_m,
-                   data_root=data_root, val_limit=val_limit, population=population, generations=generations,
-                   topk=topk, mutations=mutations, crossovers=crossovers, seed=seed, shift=shift, device=device,
-                   out_dir=str(paths["search"]), resume=(paths["search"] / "checkpoint.pt").exists())
+                   tables_dir=tables_dir, latency_ms=latency_ms, latency_quantile=latency_quantile, mflops=mflops,
+                   params_m=params_m, data_root=data_root, val_limit=val_limit, population=population,
+                   generations=generations, topk=topk, mutations=mutations, crossovers=crossovers, seed=seed,
+                   shift=shift, device=device, out_dir=str(paths["search"]),
+                   resume=(paths["search"] / "checkpoint.pt").exists())
         log.finish("search", t, search_json=str(paths["search"] / "search.json"),
                    plot=str(paths["search"] / "candidates.png"))
     if (t := stage("extract", "4/7 extract the winner")) is not None:

@@ -84,6 +84,34 @@ def test_search_writes_results_and_respects_the_budget(setup):
     assert not (root / "s2" / "checkpoint.pt").exists()  # refused before any search started
 
 
+
+def test_a_quantile_budget_is_resolved_on_the_table_and_recorded(setup):
+    root, profile, runner = setup
+    from edgenas.hardware.profile import load_profile
+    from edgenas.hardware.table import LatencyTable, build_table, latency_quantile
+    from edgenas.supernet import load_checkpoint
+
+    supernet, _, _ = load_checkpoint(root / "sn" / "supernet.pt")
+    path = root / "qtables" / "tiny.json"
+    build_table(supernet.space, load_profile(str(profile)), calib_samples=4, seed=0).save(path)
+    table = LatencyTable.load(path)
+    base = ["search", "--profile", str(profile), "--supernet", str(root / "sn" / "supernet.pt"),
+            "--tables-dir", str(root / "qtables"), "--no-measure", *SEARCH]
+    res = runner.invoke(cli, [*base, "--latency-quantile", "0.3", "--out", str(root / "q1")])
+    assert res.exit_code == 0, res.output
+    budget = latency_quantile(table, supernet.space, 0.3)
+    assert f"latency budget {budget:.4g} ms: the 0.3 quantile of predicted latency" in res.stderr
+    doc = json.loads((root / "q1" / "search.json").read_text())
+    assert doc["budgets"]["latency_ms"] == pytest.approx(budget) and doc["budgets"]["latency_quantile"] == 0.3
+    latencies = [c["metrics"]["latency_ms"] for g in doc["generations"] for c in g["population"]]
+    assert latencies and max(latencies) <= budget + 1e-9
+    assert latency_quantile(table, supernet.space, 0.1) < budget < latency_quantile(table, supernet.space, 0.9)
+    both = runner.invoke(cli, [*base, "--latency-quantile", "0.3", "--latency-ms", "1", "--out", str(root / "q2")])
+    assert both.exit_code == 2 and "--latency-ms or --latency-quantile, not both" in both.stderr
+    bad = runner.invoke(cli, [*base, "--latency-quantile", "25", "--out", str(root / "q3")])
+    assert bad.exit_code == 2 and "between 0 and 1 exclusive (e.g. 0.25), not 25" in bad.stderr
+    assert "Traceback" not in bad.output and not (root / "q3" / "checkpoint.pt").exists()
+
 def test_search_option_errors(setup):
     root, profile, runner = setup
     both = runner.invoke(cli, ["search", "--profile", str(profile), "--supernet", "a.pt", "--transfer-from", "b.pt"])

@@ -88,6 +88,7 @@ __all__ = [
     "default_method",
     "environment_of",
     "environment_warnings",
+    "latency_quantile",
     "loose_budget_warnings",
     "plot_validation",
     "rebuild_hint",
@@ -870,3 +871,18 @@ def loose_budget_warnings(space: SearchSpace, table: LatencyTable | None, budget
     return [f"the latency budget {budgets.latency_ms:g} ms admits every architecture of {space.name}: predicted "
             f"latencies on this target span {table.predict(fastest):.3g}-{top:.3g} ms, so latency constrains "
             "nothing; lower the budget to search under it"]
+
+
+def latency_quantile(table: LatencyTable, space: SearchSpace, q: float, samples: int = 10_000, seed: int = 0
+                     ) -> float:
+    """The ``q``-quantile of predicted latency over ``samples`` seeded uniform architectures of ``space``.
+
+    A budget given this way ("the fastest quarter of this space on this target") means the same
+    thing on every machine, while a budget in milliseconds made for one device can admit every
+    architecture, or none, on another; the demo and the benchmarks use it for that reason.
+    """
+    if not (isinstance(q, (int, float)) and 0.0 < q < 1.0):
+        raise ConfigError(f"the latency quantile must be between 0 and 1 exclusive (e.g. 0.25), not {q!r}")
+    rng = np.random.default_rng([seed, 0x0B0D])
+    predicted = np.array([table.predict(space.sample(rng)) for _ in range(samples)])
+    return float(np.quantile(predicted, q))
