@@ -84,9 +84,13 @@ def _recipe(args: argparse.Namespace, seed: int | None = None) -> list[str]:
             "--device", "cpu"]
 
 
-def _scratch_runs(first: Path, seeds: list[int]) -> dict[str, Path]:
-    """``scratch`` (the first seed, in ``first``) and ``scratch@S`` for every further seed S."""
-    return {"scratch": first, **{f"scratch@{s}": first.with_name(f"{first.name}-s{s}") for s in seeds[1:]}}
+def _scratch_runs(base: Path, seeds: list[int]) -> dict[str, Path]:
+    """``scratch`` (the first seed) and ``scratch@S`` for every further seed S; seed 0 trains in ``base``,
+    seed S in ``base-sS``, so a run's directory always tells its seed."""
+    def where(seed: int) -> Path:
+        return base if seed == 0 else base.with_name(f"{base.name}-s{seed}")
+
+    return {"scratch": where(seeds[0]), **{f"scratch@{s}": where(s) for s in seeds[1:]}}
 
 
 def _seed_of(run: str, seeds: list[int]) -> int:
@@ -147,25 +151,40 @@ def _baseline_jobs(model: Model, family: str, width: float, val_limit: int | Non
 
 def _widths(args: argparse.Namespace, profile: Any, data_shape: tuple[int, int, int], num_classes: int,
             work: Path) -> dict[str, list[list[float]]]:
-    """Every width of every baseline family, measured interleaved per family, once (kept in widths.json)."""
+    """Every width of every baseline family, measured interleaved per family, once (kept in widths.json,
+    with the profile's latency hash and the input shape: another target or shape measures again, and a
+    family added later is measured alone)."""
     path = work / "widths.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    measurer = create_measurer(profile)
+    key = {"profile_hash": profile.latency_hash(), "input": list(data_shape)}
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    known: dict[str, list[list[float]]] = dict(cached.get("families", {})) if cached.get("key") == key else {}
+    missing = [f for f in args.baselines if f not in known]
+    if missing:
+        measurer = create_measurer(profile)
 
-    def measure(models: list[Any]) -> list[float]:
-        stats = measurer.measure_many(models, [None] * len(models))
-        return [s.value(profile.measure.statistic) for s in stats]
+        def measure(models: list[Any]) -> list[float]:
+            stats = measurer.measure_many(models, [None] * len(models))
+            return [s.value(profile.measure.statistic) for s in stats]
 
-    out = {}
-    for family in args.baselines:
-        print(f"[widths] measuring every width of {family} ...", file=sys.stderr)
-        tried = measure_widths(family, measure, num_classes=num_classes, in_channels=data_shape[0],
-                               input_size=data_shape[1:])
-        out[family] = [list(t) for t in tried]
-    work.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    return out
+        for family in missing:
+            print(f"[widths] measuring every width of {family} ...", file=sys.stderr)
+            tried = measure_widths(family, measure, num_classes=num_classes, in_channels=data_shape[0],
+                                   input_size=data_shape[1:])
+            known[family] = [list(t) for t in tried]
+        work.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "families": known}, indent=2))
+    return {f: known[f] for f in args.baselines}
+
+
+def _check_archs(models: dict[str, Any]) -> None:
+    """A finished fine-tune in a winner's directory must be of that winner: after the searches are run
+    again, a directory keyed by method and budget may hold another architecture's result."""
+    for m in models.values():
+        for out in m.runs.values():
+            report = _finished(out)
+            if m.arch is not None and report is not None and report.get("arch") != m.arch:
+                raise SystemExit(f"{out} holds a fine-tune of {report.get('arch')}, but the search now recommends "
+                                 f"{m.arch}: move the old result away (or use another --work)")
 
 
 def run(args: argparse.Namespace) -> str:
@@ -213,6 +232,7 @@ def run(args: argparse.Namespace) -> str:
                 continue
             _add_baseline(models, jobs, work, family, pick.width, budget, data_cfg, args, sized)
     _add_baseline(models, jobs, work, *STOCK, None, data_cfg, args, sized)
+    _check_archs(models)
     jobs = [j for j in jobs if j is not None]
     if jobs:
         print(f"training {len(jobs)} network(s), {args.jobs} at a time ...", file=sys.stderr)

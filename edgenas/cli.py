@@ -1107,6 +1107,12 @@ def run_cmd(ctx: click.Context, profile_name: str, data_name: str, data_root: st
         train_limit=train_limit, population=population, generations=generations, topk=topk, mutations=mutations,
         crossovers=crossovers, val_limit=val_limit, shift=shift, finetune_epochs=finetune_epochs, int8=int8, seed=seed)
     prof = load_profile(profile_name)  # fail on a bad profile before any work
+    if latency_quantile is not None:
+        if latency_ms is not None:
+            raise ConfigError("give --latency-ms or --latency-quantile, not both")
+        if not 0.0 < latency_quantile < 1.0:
+            raise ConfigError(f"the latency quantile must be between 0 and 1 exclusive (e.g. 0.25), not "
+                              f"{latency_quantile!r}")
     if prof.runtime != "onnxruntime":
         raise ConfigError(f"edgenas run exports ONNX bundles; profile '{prof.name}' runs {prof.runtime}: "
                           "choose an onnxruntime profile (edgenas profile list)")

@@ -75,3 +75,8 @@ def test_run_refuses_a_torch_profile_and_a_missing_resume(tmp_path):
     assert res.exit_code == 2 and "choose an onnxruntime profile" in res.stderr
     res = CliRunner().invoke(cli, ["run", "--profile", "cpu-ort", "--out", str(tmp_path / "r"), "--resume"])
     assert res.exit_code == 2 and "nothing to resume" in res.stderr
+    for args, message in ((["--latency-quantile", "0.2", "--latency-ms", "1"], "not both"),
+                          (["--latency-quantile", "1.5"], "between 0 and 1 exclusive")):
+        res = CliRunner().invoke(cli, ["run", "--profile", "cpu-ort", "--out", str(tmp_path / "q"), *args])
+        assert res.exit_code == 2 and message in res.stderr
+        assert not (tmp_path / "q").exists()  # refused before any stage started

@@ -100,6 +100,7 @@ __all__ = [
 FORMAT = "edgenas-latency-table/1"
 Method = Literal["context", "isolated", "network"]
 METHODS: tuple[str, ...] = ("context", "isolated", "network")
+BASE_COPIES = 3  # method "network": separate measurements of the base subnet, pooled
 
 FORMAT_DOC: dict[str, str] = {
     "format": f"'{FORMAT}'; readers refuse other values.",
@@ -126,7 +127,8 @@ FORMAT_DOC: dict[str, str] = {
     "entries": "entries[layer][choice]: {choice label, median_ms, mean_ms, p90_ms, var_ms2, count} of each "
                "block at its layer's input shape; with method 'context', net of the layer's context prefix "
                "(each statistic minus the prefix's, variances added); with 'network', the one-layer variant "
-               "minus the base (the base's own choice 0). Skip choices: all 0, count 0.",
+               "minus the base (the base's own choice 0; a skip choice where the base does not skip is "
+               "measured like any other). Otherwise skip choices: all 0, count 0.",
     "context": "Per layer, the statistics of the context prefix that was subtracted (null otherwise); "
                "'head_context' likewise for the head.",
     "calibration": "predicted_ms = scale * raw_ms + offset_ms, raw_ms = stem + sum(entries) + head; fitted on n "
@@ -661,23 +663,33 @@ def _finish(table: LatencyTable, space: SearchSpace, calib: list[Arch], calib_st
 
 def _build_network_table(space: SearchSpace, profile: Profile, num_classes: int, calib_samples: int, seed: int,
                          meter: Any, say: Callable[[str], None], start: float) -> LatencyTable:
-    """``method="network"`` (see the module docstring): entries are subnet-minus-base differences."""
+    """``method="network"`` (see the module docstring): entries are subnet-minus-base differences.
+
+    The base is measured ``BASE_COPIES`` times (separate models, pooled samples): its latency is
+    subtracted from every entry, so an error in it would enter a prediction once per changed layer.
+    A skip choice gets a (negative) entry too where the base does not skip that layer.
+    """
+    from edgenas.hardware.measure import LatencyStats
+
     in_channels, h, w = profile.input_shape
     base = space.extreme_arch(space.macs_table((h, w)))
     variants: dict[tuple[int, int], Arch] = {}
     for i, layer in enumerate(space.layers):
-        for c, label in enumerate(layer.choices):
-            if c != base.choices[i] and label != "skip":
+        for c in range(len(layer.choices)):
+            if c != base.choices[i]:
                 variants[(i, c)] = dataclasses.replace(base, choices=(*base.choices[:i], c, *base.choices[i + 1:]))
     calib = _calibration_archs(space, (h, w), calib_samples, seed)
-    archs = [base, *variants.values(), *calib]
+    archs = [*[base] * BASE_COPIES, *variants.values(), *calib]
     m = profile.measure
-    say(f"measuring the base subnet, {len(variants)} one-layer variants of it and {len(calib)} calibration "
-        f"subnets on {profile.name} at {h}x{w} ({len(archs)} models, interleaved, {m.trials} trials x "
-        f"({m.warmup} warm-up + {m.repeats} timed runs))")
+    say(f"measuring the base subnet ({BASE_COPIES} copies), {len(variants)} one-layer variants of it and "
+        f"{len(calib)} calibration subnets on {profile.name} at {h}x{w} ({len(archs)} models, interleaved, "
+        f"{m.trials} trials x ({m.warmup} warm-up + {m.repeats} timed runs))")
     models = [space.build_subnet(a, num_classes, in_channels) for a in archs]
     stats = meter.measure_many(models, [(in_channels, h, w)] * len(models))
-    base_stats, by_variant = stats[0], dict(zip(variants, stats[1:1 + len(variants)]))
+    copies = stats[:BASE_COPIES]
+    base_stats = LatencyStats.from_samples([t for st in copies for t in st.samples_ms],
+                                           [t for st in copies for t in st.trial_medians_ms])
+    by_variant = dict(zip(variants, stats[BASE_COPIES:BASE_COPIES + len(variants)]))
     entries = [[EntryStats.difference(by_variant[(i, c)], base_stats) if (i, c) in by_variant else EntryStats()
                 for c in range(len(layer.choices))] for i, layer in enumerate(space.layers)]
     table = LatencyTable(
@@ -687,7 +699,7 @@ def _build_network_table(space: SearchSpace, profile: Profile, num_classes: int,
         statistic=m.statistic, method="network", stem=EntryStats.of(base_stats), head=EntryStats(),
         entries=entries, labels=[list(layer.choices) for layer in space.layers], context=[None] * len(space.layers),
     )
-    return _finish(table, space, calib, list(stats[1 + len(variants):]), say, start)
+    return _finish(table, space, calib, list(stats[BASE_COPIES + len(variants):]), say, start)
 
 
 # ----- validation -----------------------------------------------------------------------------------------------------
