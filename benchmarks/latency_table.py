@@ -49,6 +49,7 @@ from edgenas.hardware.calibration import ErrorFigures, error_figures, fit_calibr
 from edgenas.hardware.measure import create_measurer
 from edgenas.hardware.profile import MeasureSettings, Profile, load_profile
 from edgenas.hardware.table import (
+    BASE_COPIES,
     METHODS,
     LatencyTable,
     build_table,
@@ -219,7 +220,7 @@ def _models_timed(r: SizeResult) -> int:
     """Blocks (or one-layer variants and the base), stem, head, context prefixes (one per distinct input
     shape) and calibration subnets."""
     if r.table.method == "network":
-        return sum(e.count > 0 for row in r.table.entries for e in row) + 1 + r.table.calibration.n
+        return sum(e.count > 0 for row in r.table.entries for e in row) + BASE_COPIES + r.table.calibration.n
     hw = (r.size, r.size)
     shapes = {*r.space.layer_input_shapes(hw), r.space.head_input_shape(hw)}
     prefixes = len(shapes) if r.table.method == "context" else 0
@@ -394,7 +395,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.img_dir is None:
-        args.img_dir = str((Path(args.out).parent if args.out != "-" else Path.cwd()) / "img")
+        # printed, not published: its plots go with the other run outputs, not into the repository
+        args.img_dir = str(Path(args.out).parent / "img" if args.out != "-" else Path("runs") / "img")
     if args.validate < 2 or args.calib < 0 or any(s < 8 for s in args.input_size):
         p.error("--validate must be >= 2, --calib >= 0 and every --input-size >= 8")
     return args

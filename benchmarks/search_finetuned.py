@@ -37,6 +37,7 @@ import functools
 import json
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ import torch
 from _report import provenance, write_section
 from _runs import cli
 
-from edgenas.baselines import build_baseline, choose_width, get_family, measure_widths
+from edgenas.baselines import build_baseline, choose_width, get_family, measure_widths, profile_measure
 from edgenas.errors import EdgenasError
 from edgenas.hardware.flops import count_flops
 from edgenas.hardware.measure import create_measurer
@@ -66,15 +67,22 @@ STOCK = ("mobilenetv3-small", 1.0)
 
 @dataclass
 class Model:
-    """One network of the comparison and the trainings it gets (``runs``: recipe name -> output dir)."""
+    """One network of the comparison and the trainings it gets: ``scratch`` maps a seed to the output
+    dir of its from-scratch training; a searched winner also has an ``inherited`` fine-tune, and the
+    subnet checkpoint all its trainings start from (extracted once, under ``extract_lock``)."""
 
     key: str
     kind: str  # "shift" | "spos" | "random" | "baseline"
     label: str
     build: Any  # () -> nn.Module, a fresh copy for measuring
-    runs: dict[str, Path] = field(default_factory=dict)
+    scratch: dict[int, Path]
     budgets: set[float] = field(default_factory=set)
     arch: str | None = None
+    inherited: Path | None = None
+    extract_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def outputs(self) -> list[Path]:
+        return [*([self.inherited] if self.inherited else []), *self.scratch.values()]
 
 
 def _recipe(args: argparse.Namespace, seed: int | None = None) -> list[str]:
@@ -84,17 +92,9 @@ def _recipe(args: argparse.Namespace, seed: int | None = None) -> list[str]:
             "--device", "cpu"]
 
 
-def _scratch_runs(base: Path, seeds: list[int]) -> dict[str, Path]:
-    """``scratch`` (the first seed) and ``scratch@S`` for every further seed S; seed 0 trains in ``base``,
-    seed S in ``base-sS``, so a run's directory always tells its seed."""
-    def where(seed: int) -> Path:
-        return base if seed == 0 else base.with_name(f"{base.name}-s{seed}")
-
-    return {"scratch": where(seeds[0]), **{f"scratch@{s}": where(s) for s in seeds[1:]}}
-
-
-def _seed_of(run: str, seeds: list[int]) -> int:
-    return int(run.split("@")[1]) if "@" in run else seeds[0]
+def _scratch_runs(base: Path, seeds: list[int]) -> dict[int, Path]:
+    """Seed 0 trains in ``base``, seed S in ``base-sS``: a run's directory always tells its seed."""
+    return {s: base if s == 0 else base.with_name(f"{base.name}-s{s}") for s in seeds}
 
 
 def _finished(out: Path) -> dict[str, Any] | None:
@@ -110,28 +110,29 @@ def _winner_jobs(model: Model, run_dir: Path, args: argparse.Namespace, schedule
     """Extract and fine-tune from inherited weights (first seed); train the same architecture from
     scratch with every seed (once per architecture: several searches may find the same one)."""
     jobs = []
-    arch = model.arch
-    assert arch is not None
-    inherited = model.runs["inherited"]
+    inherited = model.inherited
+    assert inherited is not None
     if _finished(inherited) is None:
         jobs.append(_train_winner(model, run_dir, inherited, [*_recipe(args), *_resume(inherited)], "inherited"))
-    for run, out in model.runs.items():
-        if run.startswith("scratch") and _finished(out) is None and out not in scheduled:
+    for seed, out in model.scratch.items():
+        if _finished(out) is None and out not in scheduled:
             scheduled.add(out)
-            options = ["--from-scratch", *_recipe(args, _seed_of(run, args.seeds)), *_resume(out)]
-            jobs.append(_train_winner(model, run_dir, out, options, run))
+            options = ["--from-scratch", *_recipe(args, seed), *_resume(out)]
+            jobs.append(_train_winner(model, run_dir, out, options, f"scratch, seed {seed}"))
     return jobs
 
 
 def _train_winner(model: Model, run_dir: Path, out: Path, options: list[str], how: str) -> Any:
-    """One job: extract the winner from its own search run (once), then ``edgenas finetune`` it."""
-    ckpt = out.parent / f"{out.name}.subnet.pt"
-    arch = model.arch
-    assert arch is not None
+    """One job: extract the winner from its own search run (once for all its trainings: jobs running at
+    the same time wait for the first to write it), then ``edgenas finetune`` it."""
+    arch, inherited = model.arch, model.inherited
+    assert arch is not None and inherited is not None
+    ckpt = inherited.parent / f"{inherited.name}.subnet.pt"
 
     def job() -> None:
-        if not ckpt.is_file():
-            cli(["extract", str(run_dir), "--arch", arch, "--out", str(ckpt), "--device", "cpu"], model.label)
+        with model.extract_lock:
+            if not ckpt.is_file():
+                cli(["extract", str(run_dir), "--arch", arch, "--out", str(ckpt), "--device", "cpu"], model.label)
         cli(["finetune", str(ckpt), "--out", str(out), *options], f"{model.label} {how}")
 
     return job
@@ -145,8 +146,8 @@ def _baseline_jobs(model: Model, family: str, width: float, val_limit: int | Non
         cli(["baseline", "--family", family, "--width", f"{width:g}", "--out", str(out), *val, *recipe,
              *_resume(out)], label)
 
-    return [functools.partial(train, out, _recipe(args, _seed_of(run, args.seeds)), f"{model.label} {run}")
-            for run, out in model.runs.items() if _finished(out) is None]
+    return [functools.partial(train, out, _recipe(args, seed), f"{model.label} seed {seed}")
+            for seed, out in model.scratch.items() if _finished(out) is None]
 
 
 def _widths(args: argparse.Namespace, profile: Any, data_shape: tuple[int, int, int], num_classes: int,
@@ -160,12 +161,7 @@ def _widths(args: argparse.Namespace, profile: Any, data_shape: tuple[int, int, 
     known: dict[str, list[list[float]]] = dict(cached.get("families", {})) if cached.get("key") == key else {}
     missing = [f for f in args.baselines if f not in known]
     if missing:
-        measurer = create_measurer(profile)
-
-        def measure(models: list[Any]) -> list[float]:
-            stats = measurer.measure_many(models, [None] * len(models))
-            return [s.value(profile.measure.statistic) for s in stats]
-
+        measure = profile_measure(profile)
         for family in missing:
             print(f"[widths] measuring every width of {family} ...", file=sys.stderr)
             tried = measure_widths(family, measure, num_classes=num_classes, in_channels=data_shape[0],
@@ -180,7 +176,7 @@ def _check_archs(models: dict[str, Any]) -> None:
     """A finished fine-tune in a winner's directory must be of that winner: after the searches are run
     again, a directory keyed by method and budget may hold another architecture's result."""
     for m in models.values():
-        for out in m.runs.values():
+        for out in m.outputs():
             report = _finished(out)
             if m.arch is not None and report is not None and report.get("arch") != m.arch:
                 raise SystemExit(f"{out} holds a fine-tune of {report.get('arch')}, but the search now recommends "
@@ -220,8 +216,8 @@ def run(args: argparse.Namespace) -> str:
             key = f"{method}-b{budget:g}"
             model = Model(key, method, f"{method} @ {budget:g} ms",
                           lambda a=parsed: space.build_subnet(a, num_classes, in_channels),
-                          {"inherited": work / "inherited" / key,
-                           **_scratch_runs(work / "scratch" / parsed.arch_id, args.seeds)}, {budget}, arch)
+                          _scratch_runs(work / "scratch" / parsed.arch_id, args.seeds), {budget}, arch,
+                          inherited=work / "inherited" / key)
             models[key] = model
             jobs += _winner_jobs(model, searches / f"b{budget:g}" / method, args, scheduled)
         for family in args.baselines:
@@ -233,7 +229,6 @@ def run(args: argparse.Namespace) -> str:
             _add_baseline(models, jobs, work, family, pick.width, budget, data_cfg, args, sized)
     _add_baseline(models, jobs, work, *STOCK, None, data_cfg, args, sized)
     _check_archs(models)
-    jobs = [j for j in jobs if j is not None]
     if jobs:
         print(f"training {len(jobs)} network(s), {args.jobs} at a time ...", file=sys.stderr)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -245,13 +240,12 @@ def run(args: argparse.Namespace) -> str:
     rows = []
     for m in unique:
         ms, spread, cost = timed[m.arch or m.key]
-        results = {name: _finished(out) for name, out in m.runs.items()}
+        scratch = {seed: _finished(out) for seed, out in m.scratch.items()}
         rows.append({"key": m.key, "kind": m.kind, "label": m.label, "arch": m.arch,
                      "budgets": sorted(m.budgets), "ms": ms, "trial_ms": spread,
                      "mmacs": cost.flops / 1e6, "params_k": cost.params / 1e3,
-                     "inherited": results.get("inherited"), "scratch": results.get("scratch"),
-                     "scratch_seeds": {_seed_of(run, args.seeds): _acc(res) for run, res in results.items()
-                                       if run.startswith("scratch") and res is not None}})
+                     "inherited": _finished(m.inherited) if m.inherited else None, "scratch": scratch[args.seeds[0]],
+                     "scratch_seeds": {seed: _acc(res) for seed, res in scratch.items() if res is not None}})
     (work / "results.json").write_text(json.dumps(rows, indent=2, default=str))
     _plot(rows, args.budgets)
     return _markdown(args, rows, widths, profile.measure.statistic, data.name, recipe)

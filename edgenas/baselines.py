@@ -32,6 +32,7 @@ from torch import nn
 from edgenas.data import DatasetSplits
 from edgenas.errors import CheckpointError, EdgenasError
 from edgenas.finetune import FinetuneConfig, FinetuneEpoch, FinetuneResult, finetune
+from edgenas.hardware.profile import Profile
 from edgenas.io import atomic_write_json, read_json
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "choose_width",
     "get_family",
     "measure_widths",
+    "profile_measure",
     "scale_to_budget",
     "train_baseline",
 ]
@@ -207,6 +209,20 @@ def choose_width(family: str | BaselineFamily, tried: Sequence[tuple[float, floa
     return ScaledBaseline(fam.name, w, ms, tuple(sorted(tried)))
 
 
+def profile_measure(profile: Profile) -> Callable[[list[nn.Module]], list[float]]:
+    """The ``measure`` that :func:`scale_to_budget` takes, on a profile: its measurer times all the
+    models interleaved and each gets the profile's statistic, in ms."""
+    from edgenas.hardware.measure import create_measurer
+
+    measurer = create_measurer(profile)
+
+    def measure(models: list[nn.Module]) -> list[float]:
+        stats = measurer.measure_many(models, [None] * len(models))
+        return [s.value(profile.measure.statistic) for s in stats]
+
+    return measure
+
+
 def scale_to_budget(family: str | BaselineFamily, budget_ms: float,
                     measure: Callable[[list[nn.Module]], list[float]], *, num_classes: int, in_channels: int,
                     input_size: Sequence[int], widths: Sequence[float] | None = None) -> ScaledBaseline:
@@ -269,9 +285,8 @@ def _choose(fam: BaselineFamily, data: DatasetSplits, width: float | None, budge
     if measure is None:
         raise EdgenasError("scaling a baseline to a latency budget needs a measurer (a profile)")
     assert budget_ms is not None
-    tried = measure_widths(fam, measure, num_classes=data.num_classes, in_channels=data.in_channels,
-                           input_size=data.input_size)
-    scaled = choose_width(fam, tried, budget_ms)
+    scaled = scale_to_budget(fam, budget_ms, measure, num_classes=data.num_classes, in_channels=data.in_channels,
+                             input_size=data.input_size)
     return {**base, "width": scaled.width, "label": scaled.label, "latency_ms": scaled.latency_ms,
             "tried": [list(t) for t in scaled.tried]}
 

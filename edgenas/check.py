@@ -198,6 +198,11 @@ def _positive_ratios(values: Sequence[float], what: str) -> np.ndarray:
     return r
 
 
+def _bootstrap_medians(values: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """Medians of ``resamples`` resamples (with replacement) of ``values``."""
+    return np.median(values[rng.integers(0, values.size, size=(resamples, values.size))], axis=1)
+
+
 def decide(ratios: Sequence[float], baseline_ratio: float, tolerance: float, confidence: float = 0.95,
            resamples: int = 2000, seed: int = 0, baseline_ratios: Sequence[float] | None = None) -> Decision:
     """Apply the rule of this module to per-trial ratios; pure and deterministic for a given seed.
@@ -215,10 +220,9 @@ def decide(ratios: Sequence[float], baseline_ratio: float, tolerance: float, con
     CheckConfig(tolerance=tolerance, confidence=confidence, resamples=resamples, seed=seed)  # validates
     change = float(np.median(r)) / baseline_ratio
     rng = np.random.default_rng(seed)
-    boot = np.median(r[rng.integers(0, r.size, size=(resamples, r.size))], axis=1)
+    boot = _bootstrap_medians(r, rng, resamples)
     if baseline_ratios is not None:
-        b = _positive_ratios(baseline_ratios, "baseline ratios")
-        boot = boot / np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
+        boot = boot / _bootstrap_medians(_positive_ratios(baseline_ratios, "baseline ratios"), rng, resamples)
     else:
         boot = boot / baseline_ratio
     alpha = 1.0 - confidence
@@ -239,8 +243,7 @@ def baseline_spread(ratios: Sequence[float], config: CheckConfig | None = None) 
         return None
     c = config or CheckConfig()
     b = _positive_ratios(ratios, "baseline ratios")
-    rng = np.random.default_rng(c.seed)
-    boot = np.median(b[rng.integers(0, b.size, size=(c.resamples, b.size))], axis=1)
+    boot = _bootstrap_medians(b, np.random.default_rng(c.seed), c.resamples)
     alpha = 1.0 - c.confidence
     low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
     return float((high - low) / 2 / np.median(b))

@@ -581,6 +581,17 @@ class _SearchProgress:
         click.echo(f"generation {record.generation + 1}/{self.generations} | {best_text} | ETA {eta:.0f} s", err=True)
 
 
+def _check_latency_options(latency_ms: float | None, latency_quantile: float | None) -> None:
+    """One latency budget at most, and a quantile in (0, 1): refused before any work starts."""
+    if latency_quantile is None:
+        return
+    if latency_ms is not None:
+        raise ConfigError("give --latency-ms or --latency-quantile, not both")
+    from edgenas.hardware.table import check_quantile
+
+    check_quantile(latency_quantile)
+
+
 @cli.command()
 @click.option("--profile", "profile_name", required=True, help="Hardware profile (edgenas profile list).")
 @click.option("--supernet", "ckpt", type=click.Path(dir_okay=False), default=None, help="Supernet checkpoint.")
@@ -636,9 +647,7 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
         check_budgets,
         environment_warnings,
         loose_budget_warnings,
-    )
-    from edgenas.hardware.table import (
-        latency_quantile as quantile_budget,
+        quantile_budget,
     )
     from edgenas.search import EvolutionConfig, ShiftConfig, latency_cost, make_budget_constraints, run_search
     from edgenas.search.results import result_to_json
@@ -647,8 +656,7 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
 
     if (ckpt is None) == (transfer_from is None):
         raise EdgenasError("give exactly one of --supernet CKPT or --transfer-from CKPT")
-    if latency_ms is not None and latency_quantile is not None:
-        raise ConfigError("give --latency-ms or --latency-quantile, not both")
+    _check_latency_options(latency_ms, latency_quantile)
     if transfer_from is not None and not shift:
         raise EdgenasError("--transfer-from needs shifting: with --no-shift the new classifier would never be trained")
     if freeze_backbone and transfer_from is None:
@@ -899,11 +907,10 @@ def baseline(family: str, data_name: str, data_root: str | None, val_limit: int 
              latency_ms: float | None,
              width: float | None, out_dir: str, device: str, resume: bool, as_json: bool, **options: Any) -> None:
     """Train a hand-designed baseline scaled to the latency budget, with the fine-tuning recipe."""
-    from edgenas.baselines import get_family, train_baseline
+    from edgenas.baselines import get_family, profile_measure, train_baseline
     from edgenas.data import DataConfig, load_dataset
     from edgenas.extract import data_facts
     from edgenas.finetune import FinetuneConfig
-    from edgenas.hardware.measure import create_measurer
     from edgenas.hardware.profile import load_profile
     from edgenas.train import resolve_device
 
@@ -919,12 +926,11 @@ def baseline(family: str, data_name: str, data_root: str | None, val_limit: int 
         budget = latency_ms if latency_ms is not None else prof.budgets.latency_ms
         if budget is None:
             raise ConfigError(f"profile {prof.name} has no latency budget: give --latency-ms or --width")
-        measurer = create_measurer(prof)
+        timed = profile_measure(prof)
 
         def measure(models: list[Any]) -> list[float]:
             _progress(f"measuring {len(models)} widths of {family} on {prof.name} ...")
-            stats = measurer.measure_many(models, [None] * len(models))
-            return [s.value(prof.measure.statistic) for s in stats]
+            return timed(models)
 
     reporter = _FinetuneReporter(config.epochs, quiet=as_json)
     run = train_baseline(family, data, config, out_dir, width=width, budget_ms=budget, measure=measure,
@@ -1107,12 +1113,7 @@ def run_cmd(ctx: click.Context, profile_name: str, data_name: str, data_root: st
         train_limit=train_limit, population=population, generations=generations, topk=topk, mutations=mutations,
         crossovers=crossovers, val_limit=val_limit, shift=shift, finetune_epochs=finetune_epochs, int8=int8, seed=seed)
     prof = load_profile(profile_name)  # fail on a bad profile before any work
-    if latency_quantile is not None:
-        if latency_ms is not None:
-            raise ConfigError("give --latency-ms or --latency-quantile, not both")
-        if not 0.0 < latency_quantile < 1.0:
-            raise ConfigError(f"the latency quantile must be between 0 and 1 exclusive (e.g. 0.25), not "
-                              f"{latency_quantile!r}")
+    _check_latency_options(latency_ms, latency_quantile)
     if prof.runtime != "onnxruntime":
         raise ConfigError(f"edgenas run exports ONNX bundles; profile '{prof.name}' runs {prof.runtime}: "
                           "choose an onnxruntime profile (edgenas profile list)")

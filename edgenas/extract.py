@@ -24,7 +24,7 @@ import torch
 from edgenas.config import from_mapping, to_mapping
 from edgenas.data import DataConfig, DatasetSplits
 from edgenas.errors import CheckpointError, EdgenasError, SpaceError
-from edgenas.io import read_json, safe_torch_load, save_model_checkpoint
+from edgenas.io import read_json, read_model_checkpoint, save_model_checkpoint
 from edgenas.search.verify import deployable_arch
 from edgenas.space import Arch, Subnet, space_from_dict, space_to_dict
 from edgenas.supernet import Supernet, inherit_subnet, load_checkpoint, recalibrate_bn
@@ -131,10 +131,7 @@ def save_subnet(path: str | Path, subnet: Subnet, meta: dict[str, Any], train_st
 def load_subnet(path: str | Path) -> tuple[Subnet, dict[str, Any], dict[str, Any] | None]:
     """Rebuild a subnet from its checkpoint; anything else (a supernet, a corrupt file) is one line."""
     path = Path(path)
-    blob = safe_torch_load(path)
-    if not isinstance(blob, dict) or not isinstance(blob.get("meta"), dict) or "model" not in blob:
-        raise CheckpointError(f"{path} is not an edgenas subnet checkpoint")
-    meta = blob["meta"]
+    state, meta, train_state = read_model_checkpoint(path, "subnet checkpoint")
     if meta.get("format") != SUBNET_FORMAT:
         hint = " (a supernet: run `edgenas extract` on the search run first)" if "supernet" in str(
             meta.get("format")) else ""
@@ -143,10 +140,10 @@ def load_subnet(path: str | Path) -> tuple[Subnet, dict[str, Any], dict[str, Any
         space = space_from_dict(meta["space"])
         arch = space.parse(meta["arch"])
         subnet = space.build_subnet(arch, int(meta["num_classes"]), int(meta["in_channels"]))
-        subnet.load_state_dict(blob["model"], strict=True)
+        subnet.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError, SpaceError) as exc:
         raise CheckpointError(f"{path} does not match its architecture: {str(exc).splitlines()[0][:160]}") from None
-    return subnet.eval(), meta, blob.get("train_state")
+    return subnet.eval(), meta, train_state
 
 
 def load_run_supernet(selection: RunSelection) -> tuple[Supernet, dict[str, Any]]:

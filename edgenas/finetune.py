@@ -43,7 +43,7 @@ from edgenas.data import DatasetSplits, iterate_batches
 from edgenas.errors import CheckpointError, ConfigError, EdgenasError
 from edgenas.extract import SUBNET_FORMAT, load_subnet, save_subnet
 from edgenas.hardware._threads import torch_threads
-from edgenas.io import atomic_write_json, safe_torch_load, save_model_checkpoint
+from edgenas.io import atomic_write_json, read_model_checkpoint, save_model_checkpoint
 from edgenas.space import Subnet
 from edgenas.supernet import evaluate
 from edgenas.train import param_groups, resolve_device, to_device
@@ -232,18 +232,16 @@ def save_module(path: str | Path, model: nn.Module, meta: dict[str, Any],
 def load_module_state(path: str | Path, model: nn.Module) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
     """Load an ``edgenas-module/1`` checkpoint into a copy of ``model`` (which supplies the architecture)."""
     path = Path(path)
-    blob = safe_torch_load(path)
-    if not isinstance(blob, dict) or not isinstance(blob.get("meta"), dict) or "model" not in blob:
-        raise CheckpointError(f"{path} is not an edgenas checkpoint")
-    if blob["meta"].get("format") != MODULE_FORMAT:
-        raise CheckpointError(f"{path} has format {blob['meta'].get('format')!r}, expected {MODULE_FORMAT!r}")
+    state, meta, train_state = read_model_checkpoint(path)
+    if meta.get("format") != MODULE_FORMAT:
+        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {MODULE_FORMAT!r}")
     copy_ = copy.deepcopy(model)
     try:
-        copy_.load_state_dict(blob["model"])
+        copy_.load_state_dict(state)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{path} does not fit this model: {first}") from None
-    return copy_, blob["meta"], blob.get("train_state")
+    return copy_, meta, train_state
 
 
 def _save(path: Path, model: nn.Module, meta: dict[str, Any], train_state: dict[str, Any] | None = None) -> Path:

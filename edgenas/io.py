@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "read_json",
+    "read_model_checkpoint",
     "safe_torch_load",
     "save_model_checkpoint",
 ]
@@ -77,6 +78,16 @@ def save_model_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module, 
     atomic_torch_save(path, blob)
     atomic_write_json(path.with_suffix(".json"), meta)
     return path
+
+
+def read_model_checkpoint(path: str | os.PathLike[str], what: str = "checkpoint"
+                          ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """``(state dict, meta, train_state or None)`` of a file :func:`save_model_checkpoint` wrote;
+    anything else is a one-line :class:`~edgenas.errors.CheckpointError` naming ``what`` was expected."""
+    blob = safe_torch_load(path)
+    if not isinstance(blob, dict) or not isinstance(blob.get("meta"), dict) or "model" not in blob:
+        raise CheckpointError(f"{path} is not an edgenas {what}")
+    return blob["model"], blob["meta"], blob.get("train_state")
 
 
 def safe_torch_load(path: str | os.PathLike[str]) -> Any:

@@ -88,7 +88,7 @@ def test_search_writes_results_and_respects_the_budget(setup):
 def test_a_quantile_budget_is_resolved_on_the_table_and_recorded(setup):
     root, profile, runner = setup
     from edgenas.hardware.profile import load_profile
-    from edgenas.hardware.table import LatencyTable, build_table, latency_quantile
+    from edgenas.hardware.table import LatencyTable, build_table, quantile_budget
     from edgenas.supernet import load_checkpoint
 
     supernet, _, _ = load_checkpoint(root / "sn" / "supernet.pt")
@@ -99,13 +99,13 @@ def test_a_quantile_budget_is_resolved_on_the_table_and_recorded(setup):
             "--tables-dir", str(root / "qtables"), "--no-measure", *SEARCH]
     res = runner.invoke(cli, [*base, "--latency-quantile", "0.3", "--out", str(root / "q1")])
     assert res.exit_code == 0, res.output
-    budget = latency_quantile(table, supernet.space, 0.3)
+    budget = quantile_budget(table, supernet.space, 0.3)
     assert f"latency budget {budget:.4g} ms: the 0.3 quantile of predicted latency" in res.stderr
     doc = json.loads((root / "q1" / "search.json").read_text())
     assert doc["budgets"]["latency_ms"] == pytest.approx(budget) and doc["budgets"]["latency_quantile"] == 0.3
     latencies = [c["metrics"]["latency_ms"] for g in doc["generations"] for c in g["population"]]
     assert latencies and max(latencies) <= budget + 1e-9
-    assert latency_quantile(table, supernet.space, 0.1) < budget < latency_quantile(table, supernet.space, 0.9)
+    assert quantile_budget(table, supernet.space, 0.1) < budget < quantile_budget(table, supernet.space, 0.9)
     both = runner.invoke(cli, [*base, "--latency-quantile", "0.3", "--latency-ms", "1", "--out", str(root / "q2")])
     assert both.exit_code == 2 and "--latency-ms or --latency-quantile, not both" in both.stderr
     bad = runner.invoke(cli, [*base, "--latency-quantile", "25", "--out", str(root / "q3")])

@@ -73,6 +73,7 @@ from edgenas.io import atomic_write_bytes, atomic_write_json, read_json
 from edgenas.space import Arch, SearchSpace, space_to_dict
 
 __all__ = [
+    "BASE_COPIES",
     "FORMAT",
     "FORMAT_DOC",
     "METHODS",
@@ -84,13 +85,14 @@ __all__ = [
     "TableValidation",
     "build_table",
     "check_budgets",
+    "check_quantile",
     "cpu_model",
     "default_method",
     "environment_of",
     "environment_warnings",
-    "latency_quantile",
     "loose_budget_warnings",
     "plot_validation",
+    "quantile_budget",
     "rebuild_hint",
     "space_floor",
     "time_predict",
@@ -582,11 +584,13 @@ def build_table(space: SearchSpace, profile: Profile, num_classes: int = 10, cal
         raise ConfigError(f"calibration samples must be >= 0, not {calib_samples}")
     say = on_progress or (lambda message: None)
     start = time.perf_counter()
+    meter = _measurer(profile, measurer)
+    if method == "network":
+        return _build_network_table(space, profile, num_classes, calib_samples, seed, meter, say, start)
     in_channels, h, w = profile.input_shape
     hw = (h, w)
     shapes = space.layer_input_shapes(hw)
     head_shape = space.head_input_shape(hw)
-    meter = _measurer(profile, measurer)
 
     models: list[nn.Module] = []
     inputs: list[tuple[int, int, int]] = []
@@ -596,8 +600,6 @@ def build_table(space: SearchSpace, profile: Profile, num_classes: int = 10, cal
         inputs.append(shape)
         return len(models) - 1
 
-    if method == "network":
-        return _build_network_table(space, profile, num_classes, calib_samples, seed, meter, say, start)
     stem_i = add(space.build_stem(in_channels), (in_channels, h, w))
     in_context = method == "context"
     head_model = space.build_head(num_classes)
@@ -631,15 +633,22 @@ def build_table(space: SearchSpace, profile: Profile, num_classes: int = 10, cal
     entries = [[net(block_of[(i, c)], shapes[i]) if (i, c) in block_of else EntryStats()
                 for c in range(len(layer.choices))] for i, layer in enumerate(space.layers)]
     context = [EntryStats.of(stats[prefix_of[s]]) if in_context else None for s in shapes]
-    table = LatencyTable(
+    table = _new_table(space, profile, num_classes, method, EntryStats.of(stats[stem_i]), net(head_i, head_shape),
+                       entries, context, EntryStats.of(stats[prefix_of[head_shape]]) if in_context else None)
+    return _finish(table, space, calib, [stats[k] for k in calib_i], say, start)
+
+
+def _new_table(space: SearchSpace, profile: Profile, num_classes: int, method: str, stem: EntryStats,
+               head: EntryStats, entries: list[list[EntryStats]], context: list[EntryStats | None],
+               head_context: EntryStats | None = None) -> LatencyTable:
+    """A table of measured parts, identified by the space, the profile and where it was measured."""
+    return LatencyTable(
         space=_plain(space_to_dict(space)),
         profile=_plain({**profile.to_json(), "latency_hash": profile.latency_hash()}),
         environment=environment_of(profile), input_shape=profile.input_shape, num_classes=num_classes,
-        statistic=m.statistic, method=method, stem=EntryStats.of(stats[stem_i]), head=net(head_i, head_shape),
-        entries=entries, labels=[list(layer.choices) for layer in space.layers], context=context,
-        head_context=EntryStats.of(stats[prefix_of[head_shape]]) if in_context else None,
+        statistic=profile.measure.statistic, method=method, stem=stem, head=head, entries=entries,
+        labels=[list(layer.choices) for layer in space.layers], context=context, head_context=head_context,
     )
-    return _finish(table, space, calib, [stats[k] for k in calib_i], say, start)
 
 
 def _finish(table: LatencyTable, space: SearchSpace, calib: list[Arch], calib_stats: list[Any],
@@ -692,13 +701,8 @@ def _build_network_table(space: SearchSpace, profile: Profile, num_classes: int,
     by_variant = dict(zip(variants, stats[BASE_COPIES:BASE_COPIES + len(variants)]))
     entries = [[EntryStats.difference(by_variant[(i, c)], base_stats) if (i, c) in by_variant else EntryStats()
                 for c in range(len(layer.choices))] for i, layer in enumerate(space.layers)]
-    table = LatencyTable(
-        space=_plain(space_to_dict(space)),
-        profile=_plain({**profile.to_json(), "latency_hash": profile.latency_hash()}),
-        environment=environment_of(profile), input_shape=profile.input_shape, num_classes=num_classes,
-        statistic=m.statistic, method="network", stem=EntryStats.of(base_stats), head=EntryStats(),
-        entries=entries, labels=[list(layer.choices) for layer in space.layers], context=[None] * len(space.layers),
-    )
+    table = _new_table(space, profile, num_classes, "network", EntryStats.of(base_stats), EntryStats(), entries,
+                       [None] * len(space.layers))
     return _finish(table, space, calib, list(stats[BASE_COPIES + len(variants):]), say, start)
 
 
@@ -885,16 +889,22 @@ def loose_budget_warnings(space: SearchSpace, table: LatencyTable | None, budget
             "nothing; lower the budget to search under it"]
 
 
-def latency_quantile(table: LatencyTable, space: SearchSpace, q: float, samples: int = 10_000, seed: int = 0
-                     ) -> float:
+def check_quantile(q: float) -> float:
+    """``q`` if it is a quantile strictly between 0 and 1, else a one-line error."""
+    if not (isinstance(q, (int, float)) and 0.0 < q < 1.0):
+        raise ConfigError(f"the latency quantile must be between 0 and 1 exclusive (e.g. 0.25), not {q!r}")
+    return q
+
+
+def quantile_budget(table: LatencyTable, space: SearchSpace, q: float, samples: int = 10_000, seed: int = 0
+                    ) -> float:
     """The ``q``-quantile of predicted latency over ``samples`` seeded uniform architectures of ``space``.
 
     A budget given this way ("the fastest quarter of this space on this target") means the same
     thing on every machine, while a budget in milliseconds made for one device can admit every
     architecture, or none, on another; the demo and the benchmarks use it for that reason.
     """
-    if not (isinstance(q, (int, float)) and 0.0 < q < 1.0):
-        raise ConfigError(f"the latency quantile must be between 0 and 1 exclusive (e.g. 0.25), not {q!r}")
+    check_quantile(q)
     rng = np.random.default_rng([seed, 0x0B0D])
     predicted = np.array([table.predict(space.sample(rng)) for _ in range(samples)])
     return float(np.quantile(predicted, q))
