@@ -363,6 +363,15 @@ def _train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--channels-last/--no-channels-last", default=None),
         click.option("--sampling", type=click.Choice(["uniform", "flops"]), default=None,
                      help="Uniform single-path, or FLOPs-bin-uniform as in SPOS."),
+        click.option("--weights", type=click.Choice(["auto", "separate", "shared"]), default=None,
+                     help="Supernet weights: one set per choice (SPOS) or one per layer that choices slice "
+                          "(OFA/BigNAS). [default: auto = shared where the space supports it]"),
+        click.option("--recipe", type=click.Choice(["single", "sandwich"]), default=None,
+                     help="One sampled path per step, or largest + smallest + N random paths. [default: single]"),
+        click.option("--sandwich-random", type=int, default=None, help="Random paths per sandwich step. [default: 2]"),
+        click.option("--distill/--no-distill", default=None,
+                     help="Sandwich: the other paths learn from the largest path's predictions. [default: on]"),
+        click.option("--kd-temperature", type=float, default=None, help="In-place distillation temperature."),
         click.option("--steps-per-epoch", type=int, default=None, help="Cap on steps per epoch (epoch slices)."),
         click.option("--val-archs", type=int, default=None, help="Sampled subnets validated after each epoch."),
         click.option("--seed", type=int, default=None),
@@ -388,7 +397,7 @@ def _merge(section: dict[str, Any], **cli_values: Any) -> dict[str, Any]:
 def train(config_file: str | None, space_name: str | None, preset: str | None, width_mult: float | None,
           data_name: str | None, data_root: str | None, resize: int | None, train_limit: int | None,
           out_dir: str, resume: bool, as_json: bool, **train_opts: Any) -> None:
-    """Train a weight-sharing supernet with SPOS uniform single-path sampling."""
+    """Train a weight-sharing supernet (shared or separate weights; single-path or sandwich recipe)."""
     from edgenas.config import from_mapping, load_yaml, to_mapping
     from edgenas.data import DataConfig, load_dataset
     from edgenas.io import atomic_write_json
@@ -496,37 +505,103 @@ def _checkpoint_data_config(meta: dict[str, Any], where: str, data_name: str | N
 @click.option("--data", "data_name", default=None, help="Dataset (default: the one the supernet was trained on).")
 @click.option("--data-root", default=None)
 @click.option("--recal", type=int, default=10, show_default=True, help="Training batches for BN recalibration.")
+@click.option("--rank-check", type=int, default=0,
+              help="Train N architectures spread over the MAC range alone and correlate with the supernet's scores.")
+@click.option("--rank-epochs", type=int, default=3, show_default=True, help="Rank check: stand-alone epochs.")
+@click.option("--rank-train-limit", type=int, default=None,
+              help="Rank check: stand-alone training images [default: the supernet's training slice].")
+@click.option("--rank-out", type=click.Path(file_okay=False), default=None,
+              help="Rank check: cache of trained architectures (resumable) [default: SUPERNET_DIR/rank_check].")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(ckpt: str, arch_strs: tuple[str, ...], sample: int, seed: int, split: str, data_name: str | None,
-             data_root: str | None, recal: int, device: str, as_json: bool) -> None:
-    """Score architectures of a trained supernet (BN recalibrated) on the test or val split."""
+             data_root: str | None, recal: int, rank_check: int, rank_epochs: int, rank_train_limit: int | None,
+             rank_out: str | None, threads: int | None, device: str, as_json: bool) -> None:
+    """Score architectures of a trained supernet (BN recalibrated) on the test or val split.
+
+    With --rank-check N: the one command to know whether to trust a supernet. N architectures
+    spread over the space's MAC range are trained alone with a short recipe; Kendall tau and
+    Spearman rho between their inherited validation accuracy and stand-alone test accuracy are
+    printed with 95% bootstrap intervals.
+    """
     import numpy as np
 
     from edgenas.data import load_dataset
     from edgenas.evaluate import score_archs
+    from edgenas.proxy import accuracy_stderr
     from edgenas.supernet import load_checkpoint
     from edgenas.train import resolve_device
 
+    if rank_check < 0 or rank_check in (1, 2):
+        raise EdgenasError(f"--rank-check needs at least 3 architectures, not {rank_check}")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     supernet, meta, _ = load_checkpoint(ckpt)
     splits = load_dataset(_checkpoint_data_config(meta, ckpt, data_name, data_root))
+    if rank_check:
+        _rank_check(supernet, meta, splits, ckpt, rank_check, rank_epochs, rank_train_limit, rank_out, recal,
+                    seed, threads, resolve_device(device), as_json)
+        return
     space = supernet.space
     archs = [space.parse(s) for s in arch_strs]
     rng = np.random.default_rng(seed)
     archs += [space.sample(rng) for _ in range(sample)]
     if not archs:
-        raise EdgenasError("nothing to score: give --arch STR and/or --sample N")
+        raise EdgenasError("nothing to score: give --arch STR, --sample N or --rank-check N")
     scores = score_archs(supernet, archs, splits, split=split, recal=recal,  # type: ignore[arg-type]
                          device=resolve_device(device))
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(s) for s in scores], indent=2))
         return
     for s in scores:
-        click.echo(f"{s.arch}  {split} accuracy {s.accuracy:.2%} on {s.count} images  loss {s.loss:.4f}")
+        click.echo(f"{s.arch}  {split} accuracy {s.accuracy:.2%} ±{accuracy_stderr(s.accuracy, s.count):.2%} "
+                   f"on {s.count} images  loss {s.loss:.4f}")
     accs = [s.accuracy for s in scores]
     if len(accs) > 1:
         click.echo(f"mean {np.mean(accs):.2%}  min {min(accs):.2%}  max {max(accs):.2%}  "
                    f"(chance {1 / splits.num_classes:.0%})")
+
+
+def _rank_check(supernet: Any, meta: dict[str, Any], splits: Any, ckpt: str, count: int, epochs: int,
+                train_limit: int | None, out: str | None, recal: int, seed: int, threads: int | None,
+                device: Any, as_json: bool) -> None:
+    from edgenas.finetune import FinetuneConfig, finetune
+    from edgenas.proxy import rank_check, spread_archs
+
+    limit = train_limit if train_limit is not None else (meta.get("data") or {}).get("train_limit")
+    config = FinetuneConfig(epochs=epochs, from_scratch=True, patience=epochs, lr=0.1, train_limit=limit,
+                            seed=seed, threads=threads)
+    recipe = {"epochs": epochs, "lr": config.lr, "batch_size": config.batch_size, "train_limit": limit,
+              "seed": seed, "data": splits.name}
+    archs = spread_archs(supernet.space, count, tuple(splits.input_size), seed)
+
+    def train_alone(arch: Any, where: Path) -> float:
+        subnet = supernet.space.build_subnet(arch, splits.num_classes, splits.in_channels)
+        return finetune(subnet, splits, config, where, device=device, resume=(where / "last.pt").exists()).test_accuracy
+
+    def progress(i: int, n: int, entry: Any) -> None:
+        if not as_json:
+            click.echo(f"[{i}/{n}] {entry.arch}  {entry.macs / 1e6:.2f} M MACs  inherited (val) "
+                       f"{entry.inherited:.2%}  alone (test) {entry.standalone:.2%}", err=True)
+
+    where = Path(out) if out else Path(ckpt).resolve().parent / "rank_check"
+    if not as_json:
+        click.echo(f"rank check: {len(archs)} architectures trained alone ({epochs} epochs, "
+                   f"{limit or 'all'} training images), cached in {where}", err=True)
+    check = rank_check(supernet, splits, archs, where, train=train_alone, recipe=recipe, recal=recal, device=device,
+                       on_arch=progress)
+    if as_json:
+        click.echo(json.dumps(check.to_json(), indent=2))
+        return
+    k, r = check.kendall, check.spearman
+    click.echo(f"Kendall tau {k[0]:.3f} (95% CI {k[1]:.3f} .. {k[2]:.3f})  Spearman rho {r[0]:.3f} "
+               f"(95% CI {r[1]:.3f} .. {r[2]:.3f})  over {len(check.entries)} architectures")
+    for note in check.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(check.verdict())
 
 
 # ----- search ---------------------------------------------------------------------------------------------
@@ -579,6 +654,21 @@ class _SearchProgress:
         if best is not None:
             best_text = f"best {best.score:.2%} {best.arch} ({best.metrics.get('latency_ms', float('nan')):.3f} ms)"
         click.echo(f"generation {record.generation + 1}/{self.generations} | {best_text} | ETA {eta:.0f} s", err=True)
+
+
+def _released_shift_budget(meta: dict[str, Any], evolution: Any) -> dict[str, Any]:
+    """Shifting batches, batch size and lr scaled from the released code to this supernet's training
+    (see :func:`edgenas.search.shifting.scaled_shift`); empty when the checkpoint does not say."""
+    from edgenas.search.shifting import scaled_shift
+
+    train = meta.get("train") or {}
+    images = sum(int(h.get("images", 0)) for h in meta.get("history") or [] if isinstance(h, dict))
+    try:
+        budget = scaled_shift(images, float(train["lr"]), int(train["batch_size"]),
+                              evolution.population * evolution.generations)
+    except (KeyError, TypeError, ValueError, EdgenasError):
+        return {}
+    return {k: budget[k] for k in ("batches_per_candidate", "batch_size", "lr")}
 
 
 def _check_latency_options(latency_ms: float | None, latency_quantile: float | None) -> None:
@@ -700,7 +790,9 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
     evolution = from_mapping(EvolutionConfig, evo_fields, where="search options")
     shift_cfg = None
     if shift:
-        shift_fields = {"update": shift_update, "freeze_backbone": freeze_backbone}
+        shift_fields: dict[str, Any] = {"update": shift_update, "freeze_backbone": freeze_backbone}
+        if transfer_from is None:  # a transferred classifier starts untrained: it keeps the larger defaults
+            shift_fields.update(_released_shift_budget(meta, evolution))
         if shift_batches is not None:
             shift_fields["batches_per_candidate"] = shift_batches
         if shift_lr is not None:
@@ -739,6 +831,12 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
                f"  {m.get('params_m', float('nan')):.3f} M params")
     if table.validation is not None:
         click.echo(f"latency table trust: {table.validation.summary()}")
+    if result.info.get("proxy_health"):
+        from edgenas.proxy import ProxyHealth
+
+        health = ProxyHealth.from_json(result.info["proxy_health"])
+        prefix = "proxy health" if health.separable else "warning: proxy health"
+        click.echo(f"{prefix}: {health.summary()}", err=not health.separable)
     if measured is not None:
         top = measured.finalists[0]
         budget_text = "" if measured.budget_ms is None else f" (budget {measured.budget_ms:g} ms)"

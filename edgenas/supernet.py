@@ -1,8 +1,10 @@
 """Weight-sharing supernet: single-path forward, honest BN statistics, inherited weights, checkpoints.
 
-BN handling. Every choice block owns its batch norms (affine, as in the SPOS code), so statistics
-are never shared between choices. Running statistics gathered during supernet training still mix
-many paths (the input to layer i depends on the choices before it), so they are *not* trusted for
+Weights. ``separate``: every choice block owns its weights and batch norms (the SPOS code);
+``shared``: each layer holds one block at the largest kernel and expansion that every choice slices
+(:mod:`edgenas.space.elastic`), batch norms included. Either way, running statistics gathered
+during supernet training still mix many paths (the input to layer i depends on the choices before
+it), so they are *not* trusted for
 evaluation: before a subnet is scored its path's BN statistics are recalibrated on training batches
 (SPOS's recalibration), inside a context manager that restores the supernet's buffers afterwards,
 so evaluation never changes the supernet.
@@ -18,12 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgenas.errors import CheckpointError
+from edgenas.errors import CheckpointError, ConfigError
 from edgenas.io import atomic_torch_save, atomic_write_json, safe_torch_load
 from edgenas.space import Arch, SearchSpace, Subnet, space_from_dict, space_to_dict
+from edgenas.space.elastic import slice_like
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "WEIGHT_LAYOUTS",
     "Supernet",
     "evaluate",
     "inherit_subnet",
@@ -38,25 +42,45 @@ __all__ = [
 CHECKPOINT_FORMAT = "edgenas-supernet/1"
 
 
-class Supernet(nn.Module):
-    """All choices of all layers; ``forward(x, arch)`` runs exactly one path."""
+WEIGHT_LAYOUTS = ("separate", "shared")
 
-    def __init__(self, space: SearchSpace, num_classes: int, in_channels: int) -> None:
+
+class Supernet(nn.Module):
+    """All choices of all layers; ``forward(x, arch)`` runs exactly one path.
+
+    ``weights="separate"``: every (layer, choice) owns its block (SPOS, the paper's setting).
+    ``weights="shared"``: one weight set per layer that every choice slices (Once-for-All/BigNAS),
+    so each weight is trained by every path through it; only spaces with ``supports_shared``.
+    ``None`` takes the space's default (shared where it is supported).
+    """
+
+    def __init__(self, space: SearchSpace, num_classes: int, in_channels: int, weights: str | None = None) -> None:
         super().__init__()
+        weights = weights or space.default_weights
+        if weights not in WEIGHT_LAYOUTS:
+            raise ConfigError(f"unknown supernet weights {weights!r}; known: {', '.join(WEIGHT_LAYOUTS)}")
         self.space = space
+        self.weights = weights
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.stem = space.build_stem(in_channels)
-        self.layers = nn.ModuleList(
-            nn.ModuleList(space.build_choice(spec.index, c) for c in range(len(spec.choices)))
-            for spec in space.layers
-        )
+        if weights == "shared":
+            self.layers = nn.ModuleList(space.build_shared_layer(spec.index) for spec in space.layers)
+        else:
+            self.layers = nn.ModuleList(
+                nn.ModuleList(space.build_choice(spec.index, c) for c in range(len(spec.choices)))
+                for spec in space.layers
+            )
         self.head = space.build_head(num_classes)
+
+    @property
+    def shared(self) -> bool:
+        return self.weights == "shared"
 
     def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         x = self.stem(x)
         for layer, choice in zip(self.layers, arch.choices, strict=True):
-            x = layer[choice](x)
+            x = layer(x, choice) if self.shared else layer[choice](x)
         return self.head(x)
 
     def replace_classifier(self, num_classes: int) -> None:
@@ -67,28 +91,36 @@ class Supernet(nn.Module):
 
 
 def path_modules(supernet: Supernet, arch: Arch) -> list[nn.Module]:
-    """The modules one architecture uses: stem, its chosen blocks, head."""
-    return [supernet.stem, *(layer[c] for layer, c in zip(supernet.layers, arch.choices)), supernet.head]
+    """The modules one architecture uses: stem, its chosen blocks (a shared layer whole), head."""
+    if supernet.shared:
+        blocks = [layer for layer, c in zip(supernet.layers, arch.choices) if not layer.is_skip(c)]
+    else:
+        blocks = [layer[c] for layer, c in zip(supernet.layers, arch.choices)]
+    return [supernet.stem, *blocks, supernet.head]
 
 
-def subnet_state_dict(supernet_state: dict[str, torch.Tensor], arch: Arch) -> dict[str, torch.Tensor]:
-    """Rename the chosen path's tensors to a :class:`Subnet`'s names (drop the choice index)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in supernet_state.items():
-        if key.startswith("layers."):
-            _, layer, choice, rest = key.split(".", 3)
-            if int(choice) == arch.choices[int(layer)]:
-                out[f"layers.{layer}.{rest}"] = value
-        else:
-            out[key] = value
-    return out
+def _source_key(supernet: Supernet, key: str, arch: Arch) -> str:
+    """The supernet tensor a subnet tensor comes from (``layers.3.x`` -> ``layers.3.<choice>.x`` or
+    ``layers.3.block.x``)."""
+    if not key.startswith("layers."):
+        return key
+    _, layer, rest = key.split(".", 2)
+    return f"layers.{layer}.block.{rest}" if supernet.shared else f"layers.{layer}.{arch.choices[int(layer)]}.{rest}"
+
+
+def subnet_state_dict(supernet: Supernet, arch: Arch) -> dict[str, torch.Tensor]:
+    """The chosen path's tensors under a :class:`Subnet`'s names, each cut to the subnet's shape
+    (with shared weights a choice's slice; with separate weights the whole tensor)."""
+    like = supernet.space.build_subnet(arch, supernet.num_classes, supernet.in_channels).state_dict()
+    source = supernet.state_dict()
+    return {key: slice_like(source[_source_key(supernet, key, arch)], value.shape) for key, value in like.items()}
 
 
 def inherit_subnet(supernet: Supernet, arch: Arch) -> Subnet:
     """A standalone subnet carrying the supernet's weights (and BN buffers) for ``arch``."""
     supernet.space.validate(arch)
     subnet = supernet.space.build_subnet(arch, supernet.num_classes, supernet.in_channels)
-    subnet.load_state_dict(subnet_state_dict(supernet.state_dict(), arch), strict=True)
+    subnet.load_state_dict(subnet_state_dict(supernet, arch), strict=True)
     return subnet
 
 
@@ -166,7 +198,8 @@ def save_checkpoint(path: str | Path, supernet: Supernet, meta: dict[str, Any],
     is the authoritative copy; the sidecar is for people and tools."""
     path = Path(path)
     full_meta = {"format": CHECKPOINT_FORMAT, "space": space_to_dict(supernet.space),
-                 "num_classes": supernet.num_classes, "in_channels": supernet.in_channels, **meta}
+                 "num_classes": supernet.num_classes, "in_channels": supernet.in_channels,
+                 "weights": supernet.weights, **meta}
     blob: dict[str, Any] = {"model": supernet.state_dict(), "meta": full_meta}
     if train_state is not None:
         blob["train_state"] = train_state
@@ -196,7 +229,13 @@ def load_checkpoint(
             f"{path} was trained for space {saved_space.name} (config {saved_space.config_hash()}), "
             f"not {space.name} (config {space.config_hash()})"
         )
-    supernet = Supernet(saved_space, int(meta["num_classes"]), int(meta["in_channels"]))
+    weights = meta.get("weights", "separate")  # files from before shared weights existed are separate
+    if weights not in WEIGHT_LAYOUTS or (weights == "shared" and not saved_space.supports_shared):
+        raise CheckpointError(f"{path}: unknown supernet weight layout {weights!r} for space {saved_space.name}")
+    try:
+        supernet = Supernet(saved_space, int(meta["num_classes"]), int(meta["in_channels"]), weights)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad checkpoint metadata ({type(exc).__name__}: {exc})") from None
     try:
         missing, unexpected = supernet.load_state_dict(blob["model"], strict=False)
     except RuntimeError as exc:

@@ -1,4 +1,13 @@
-"""SPOS supernet training: one uniformly sampled path per step.
+"""Supernet training: one sampled path per step (SPOS), or the sandwich rule with in-place distillation.
+
+Recipes. ``single``: one path per step, drawn uniformly (or FLOPs-bin-uniformly), as SPOS.
+``sandwich`` (BigNAS): every step trains the largest path, the smallest path and ``sandwich_random``
+uniformly drawn ones on the same batch and sums their losses before one optimiser step; the largest
+path learns from the labels and, with ``distill``, the others learn from the largest path's soft
+predictions (in-place distillation), which are detached so the teacher is not pulled towards its
+students. "Largest" and "smallest" are by closed-form MACs, so the rule works for any space. All
+paths of a step run in one forward call (:class:`_Paths`), which is what DistributedDataParallel
+needs to reduce their gradients once.
 
 Determinism and resume are designed together: the architecture sampler, the data order and the
 dropout RNG are all re-seeded from ``(seed, epoch)`` at the start of every epoch, so resuming from
@@ -36,8 +45,12 @@ __all__ = [
     "dist_info",
     "lr_at",
     "param_groups",
+    "path_losses",
     "recal_batches",
     "resolve_device",
+    "resolve_weights",
+    "soft_cross_entropy",
+    "step_archs",
     "to_device",
     "train_supernet",
 ]
@@ -60,6 +73,11 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     sampling: Literal["uniform", "flops"] = "uniform"
+    weights: Literal["auto", "separate", "shared"] = "auto"
+    recipe: Literal["single", "sandwich"] = "single"
+    sandwich_random: int = 2
+    distill: bool = True
+    kd_temperature: float = 1.0
     steps_per_epoch: int | None = None
     val_archs: int = 3
     val_batches: int | None = None
@@ -77,6 +95,11 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.schedule in ("cosine", "linear"), f"schedule must be cosine or linear, not {self.schedule!r}"),
             (self.sampling in ("uniform", "flops"), f"sampling must be uniform or flops, not {self.sampling!r}"),
+            (self.weights in ("auto", "separate", "shared"),
+             f"weights must be auto, separate or shared, not {self.weights!r}"),
+            (self.recipe in ("single", "sandwich"), f"recipe must be single or sandwich, not {self.recipe!r}"),
+            (self.sandwich_random >= 0, "sandwich_random must be >= 0"),
+            (self.kd_temperature > 0, "kd_temperature must be positive"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.grad_clip is None or self.grad_clip > 0, "grad_clip must be positive"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be >= 1"),
@@ -181,11 +204,61 @@ def _sample(space: SearchSpace, rng: np.random.Generator, cfg: TrainConfig, inpu
     return space.sample(rng)
 
 
+# what a checkpoint written before these settings existed was trained with
+_LEGACY = {"weights": "auto", "recipe": "single", "sandwich_random": 2, "distill": True, "kd_temperature": 1.0}
+
+
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     d.pop("device")  # where and how fast it runs does not change what is trained
     d.pop("threads")
     return d
+
+
+def resolve_weights(space: SearchSpace, cfg: TrainConfig) -> str:
+    """The weight layout a training run uses: the config's, or the space's default for ``auto``."""
+    weights = space.default_weights if cfg.weights == "auto" else cfg.weights
+    if weights == "shared" and not space.supports_shared:
+        raise ConfigError(f"space '{space.name}' has separate weights only; use weights 'separate' (or 'auto')")
+    return weights
+
+
+class _Paths(nn.Module):
+    """Runs several paths of one supernet on one batch in a single forward call (one DDP reduction)."""
+
+    def __init__(self, supernet: Supernet) -> None:
+        super().__init__()
+        self.supernet = supernet
+
+    def forward(self, x: torch.Tensor, archs: list[Arch]) -> list[torch.Tensor]:
+        return [self.supernet(x, arch) for arch in archs]
+
+
+def soft_cross_entropy(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of the student against the teacher's softened distribution (in-place distillation);
+    scaled by T^2 so its gradient does not shrink with the temperature."""
+    target = torch.softmax(teacher.detach() / temperature, dim=1)
+    return -(target * torch.log_softmax(student / temperature, dim=1)).sum(1).mean() * temperature**2
+
+
+def step_archs(space: SearchSpace, rng: np.random.Generator, cfg: TrainConfig, input_hw: tuple[int, int],
+               extremes: tuple[Arch, Arch]) -> list[Arch]:
+    """The paths one training step trains: one sample, or largest + smallest + n samples (sandwich)."""
+    if cfg.recipe == "single":
+        return [_sample(space, rng, cfg, input_hw)]
+    return [*extremes, *(_sample(space, rng, cfg, input_hw) for _ in range(cfg.sandwich_random))]
+
+
+def path_losses(logits: list[torch.Tensor], y: torch.Tensor, criterion: nn.Module, cfg: TrainConfig) -> torch.Tensor:
+    """Sum of the step's losses: labels for the first path; with sandwich + distill, the others learn
+    from the first (largest) path's predictions."""
+    loss = criterion(logits[0].float(), y)
+    for out in logits[1:]:
+        if cfg.recipe == "sandwich" and cfg.distill:
+            loss = loss + soft_cross_entropy(out.float(), logits[0].float(), cfg.kd_temperature)
+        else:
+            loss = loss + criterion(out.float(), y)
+    return loss
 
 
 def train_supernet(
@@ -199,7 +272,7 @@ def train_supernet(
     on_step: Callable[[int, int, int, float], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainResult:
-    """Train a supernet with uniform single-path sampling; checkpoint after every epoch.
+    """Train a supernet with the configured recipe and weight layout; checkpoint after every epoch.
 
     ``out_dir/supernet.pt`` (+ ``.json`` sidecar) is rewritten atomically each epoch and
     ``history.json`` keeps the per-epoch figures. An existing checkpoint is never overwritten
@@ -232,10 +305,13 @@ def _train(
     train_state = None
     if ckpt_path.exists() and not resume:
         raise CheckpointError(f"{ckpt_path} exists; pass --resume to continue it or choose another output directory")
+    weights = resolve_weights(space, cfg)
     if resume:
         supernet, meta, train_state = load_checkpoint(ckpt_path, space)
         saved, now = dict(meta.get("train", {})), _comparable(cfg)
-        changed = sorted(k for k in now if k != "epochs" and saved.get(k) != now[k])
+        changed = sorted(k for k in now if k != "epochs" and saved.get(k, _LEGACY.get(k)) != now[k])
+        if supernet.weights != weights:
+            changed.append(f"weights: the checkpoint has {supernet.weights}")
         if changed:
             raise CheckpointError(
                 f"{ckpt_path} was trained with other settings ({', '.join(changed)}); resume needs the same ones"
@@ -246,15 +322,15 @@ def _train(
         history = [EpochStats(**h) for h in meta.get("history", [])]
     else:
         torch.manual_seed(cfg.seed)
-        supernet = Supernet(space, data.num_classes, data.in_channels)
+        supernet = Supernet(space, data.num_classes, data.in_channels, weights)
 
     supernet.to(device)
     if cfg.channels_last:
         supernet.to(memory_format=torch.channels_last)
-    model: nn.Module = supernet
+    model: nn.Module = _Paths(supernet)
     if dist.world_size > 1:
         model = nn.parallel.DistributedDataParallel(
-            supernet, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
     optimizer = torch.optim.SGD(param_groups(supernet, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -273,6 +349,8 @@ def _train(
         steps = min(steps, cfg.steps_per_epoch)
     total_steps = steps * cfg.epochs
     input_hw = tuple(data.input_size)
+    macs = space.macs_table(input_hw)  # type: ignore[arg-type]
+    extremes = (space.extreme_arch(macs, largest=True), space.extreme_arch(macs))
     val_rng = np.random.default_rng([cfg.seed, 999_983])
     val_archs = [space.sample(val_rng) for _ in range(cfg.val_archs)]
     recal = recal_batches(data, cfg.bn_recal_batches, cfg.batch_size, cfg.seed, device, cfg.channels_last)
@@ -292,11 +370,12 @@ def _train(
             lr = lr_at(epoch * steps + step, total_steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            arch = _sample(space, arch_rng, cfg, input_hw)  # type: ignore[arg-type]
+            archs = step_archs(space, arch_rng, cfg, input_hw, extremes)  # type: ignore[arg-type]
             x, y = to_device(x, device, cfg.channels_last), y.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(x, arch)
-                loss = criterion(logits.float(), y)
+                outputs = model(x, archs)
+                loss = path_losses(outputs, y, criterion, cfg)
+            logits = outputs[0]
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip is not None:
@@ -304,7 +383,7 @@ def _train(
                 nn.utils.clip_grad_norm_(supernet.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            loss_sum += loss.item() * len(y)
+            loss_sum += loss.item() / len(archs) * len(y)  # mean over the step's paths
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             if on_step is not None and dist.is_main:

@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="train_supernet's out_dir (same for all ranks)")
     parser.add_argument("--work", type=Path, required=True, help="where each rank writes rank{R}.pt")
     parser.add_argument("--width-mult", type=float, default=0.25)
+    parser.add_argument("--weights", default="separate")
+    parser.add_argument("--recipe", default="single")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(1)  # two ranks on a shared two-core machine: oversubscription would only slow it down
@@ -42,12 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     data_config = DataConfig(name="digits", resize=None)
     data = load_dataset(data_config)
     cfg = TrainConfig(epochs=1, batch_size=BATCH_SIZE, steps_per_epoch=STEPS, val_archs=1, val_batches=1,
-                      bn_recal_batches=1, amp=False, channels_last=False, device="cpu", seed=0)
+                      bn_recal_batches=1, amp=False, channels_last=False, device="cpu", seed=0,
+                      weights=args.weights, recipe=args.recipe, sandwich_random=1)
     rank = dist_info().rank
     args.work.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         torch.manual_seed(cfg.seed)
-        torch.save(_params(Supernet(space, data.num_classes, data.in_channels)), args.work / "init.pt")
+        torch.save(_params(Supernet(space, data.num_classes, data.in_channels, args.weights)), args.work / "init.pt")
     try:
         result = train_supernet(space, data, cfg, args.out, data_config=data_config)
         torch.save(_params(result.supernet), args.work / f"rank{rank}.pt")

@@ -21,12 +21,12 @@ WORLD_SIZE = 2
 TIMEOUT_S = 300  # far above the ~20-40 s it takes; only there so a hung rendezvous cannot block the suite
 
 
-def _launch(tmp_path: Path) -> tuple[Path, Path, Path]:
+def _launch(tmp_path: Path, *extra: str) -> tuple[Path, Path, Path]:
     out, work, cwd = tmp_path / "out", tmp_path / "work", tmp_path / "cwd"
     cwd.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD_SIZE),
-           str(WORKER), "--out", str(out), "--work", str(work)]
+           str(WORKER), "--out", str(out), "--work", str(work), *extra]
     # An empty cwd makes any write to a relative path show up as an unexpected file below.
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     if proc.returncode != 0:
@@ -40,8 +40,9 @@ def _files(root: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_two_rank_ddp_training_keeps_replicas_identical(tmp_path: Path) -> None:
-    out, work, cwd = _launch(tmp_path)
+@pytest.mark.parametrize("weights,recipe", [("separate", "single"), ("shared", "sandwich")])
+def test_two_rank_ddp_training_keeps_replicas_identical(tmp_path: Path, weights: str, recipe: str) -> None:
+    out, work, cwd = _launch(tmp_path, "--weights", weights, "--recipe", recipe)
 
     # Only rank 0 writes the checkpoint and history; nothing lands anywhere else (no per-rank
     # copies, no leftover temp files, nothing relative to the working directory).
@@ -61,4 +62,7 @@ def test_two_rank_ddp_training_keeps_replicas_identical(tmp_path: Path) -> None:
     assert always_used and not [n for n in always_used if n not in changed], "stem/head did not train"
     # ... while choice blocks that no sampled path used keep their initial values exactly, which
     # also shows init.pt really is the starting point (otherwise everything would look "changed").
+    if weights == "shared":  # the sandwich's largest path uses every shared weight
+        assert changed == set(init), "a shared weight did not train"
+        return
     assert len(changed) < len(init), "every parameter changed: init.pt is not the starting point"

@@ -26,8 +26,9 @@ def _trained_like(supernet: Supernet) -> Supernet:
     return supernet
 
 
-def test_extracted_subnet_equals_the_supernet_path_it_was_scored_as(digits, tiny_mbv3):
-    supernet = _trained_like(Supernet(tiny_mbv3, digits.num_classes, digits.in_channels))
+@pytest.mark.parametrize("weights", ["separate", "shared"])
+def test_extracted_subnet_equals_the_supernet_path_it_was_scored_as(digits, tiny_mbv3, weights):
+    supernet = _trained_like(Supernet(tiny_mbv3, digits.num_classes, digits.in_channels, weights))
     arch = tiny_mbv3.sample(np.random.default_rng(1))
     before = {k: v.clone() for k, v in supernet.state_dict().items()}
     subnet = extract_subnet(supernet, arch, digits, recal=3, batch_size=64, seed=5, device=torch.device("cpu"))
@@ -41,7 +42,9 @@ def test_extracted_subnet_equals_the_supernet_path_it_was_scored_as(digits, tiny
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     # no unused choices: one block per layer, and the supernet is untouched
     assert len(subnet.layers) == len(tiny_mbv3.layers)
-    assert sum(p.numel() for p in subnet.parameters()) < sum(p.numel() for p in supernet.parameters()) / 3
+    # (a shared supernet holds one largest block per layer, so a subnet is a smaller share of it)
+    share = 1 / 3 if weights == "separate" else 1
+    assert sum(p.numel() for p in subnet.parameters()) < sum(p.numel() for p in supernet.parameters()) * share
     assert all(torch.equal(before[k], v) for k, v in supernet.state_dict().items())
 
 

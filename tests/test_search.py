@@ -357,9 +357,9 @@ SCORE = ScoreConfig(recal_batches=1, batch_size=72)
 SHIFT = ShiftConfig(batches_per_candidate=1, batch_size=32, lr=0.01)
 
 
-def _supernet(space, seed: int = 0) -> Supernet:
+def _supernet(space, seed: int = 0, weights: str = "separate") -> Supernet:
     torch.manual_seed(seed)
-    return Supernet(space, 10, 1)
+    return Supernet(space, 10, 1, weights)
 
 
 def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -533,3 +533,52 @@ def test_supernet_scoring_is_read_only_and_repeatable(space, digits):
     after = _tensors(supernet)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert copy.deepcopy(first[1])["error"] == pytest.approx(1 - first[0])
+
+
+def test_shift_budget_is_the_released_fraction_of_supernet_training():
+    from edgenas.search.shifting import RELEASED_SHIFT, scaled_shift
+
+    # the released setting itself: ~2% of SPOS's 120k x 1024 images over 1,000 candidates
+    released = scaled_shift(120_000 * 1024, 0.5, 1024, 1000)
+    assert released["fraction"] == pytest.approx(0.02, abs=0.005)
+    # per-image learning rate relative to the supernet's peak is the released one (1e-4/150 vs 0.5/1024)
+    ratio = (RELEASED_SHIFT["lr"] / 150) / (0.5 / 1024)
+    assert released["lr"] / released["batch_size"] == pytest.approx(0.5 / 1024 * ratio, rel=0.01)
+    demo = scaled_shift(60_000, 0.1, 128, 36)
+    assert demo["batches_per_candidate"] == 1 and demo["batch_size"] == 33
+    assert demo["fraction"] == pytest.approx(0.02, rel=0.05)
+    floor = scaled_shift(10_000, 0.1, 128, 1000)  # tiny training, long search: one batch of 32 is the floor
+    assert floor["batch_size"] == 32 and floor["fraction"] > 0.02
+    with pytest.raises(ConfigError, match="positive"):
+        scaled_shift(0, 0.1, 128, 10)
+
+
+@pytest.mark.parametrize("update", ["generation", "candidate"])
+def test_shifting_on_a_shared_supernet_trains_and_resumes_exactly(space, budgets, digits, tmp_path, update):
+    evo = EVO
+    shift = dataclasses.replace(SHIFT, update=update)
+    supernet = _supernet(space, weights="shared")
+    before = _tensors(supernet)
+    full = run_search(supernet, digits, tmp_path / "full", budgets, evolution=evo, shift=shift, scoring=SCORE)
+    after = _tensors(supernet)
+    # the per-layer weights every choice slices moved (the stem and head too)
+    assert not torch.equal(before["layers.0.block.expand.0.weight"], after["layers.0.block.expand.0.weight"])
+    evaluated = sum(len(r.population) for r in full.history)
+    assert full.info["shift"]["steps_taken"] == (evaluated if update == "candidate" else evo.generations)
+    reloaded, _, _ = load_checkpoint(tmp_path / "full" / "supernet.pt")
+    assert reloaded.weights == "shared"
+
+    class StopAt(SearchHook):
+        def on_generation_end(self, record) -> None:
+            if record.generation == 1:  # generation 0 is checkpointed, generation 1 is lost
+                raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_search(_supernet(space, weights="shared"), digits, tmp_path / "cut", budgets, evolution=evo, shift=shift,
+                   scoring=SCORE, hooks=[StopAt()])
+    fresh = _supernet(space, seed=7, weights="shared")
+    resumed = run_search(fresh, digits, tmp_path / "cut", budgets, evolution=evo, shift=shift, scoring=SCORE,
+                         resume=True)
+    assert _view(resumed) == _view(full)
+    weights = _tensors(fresh)
+    assert all(torch.equal(weights[k], after[k]) for k in after)

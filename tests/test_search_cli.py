@@ -106,6 +106,15 @@ def test_a_quantile_budget_is_resolved_on_the_table_and_recorded(setup):
     latencies = [c["metrics"]["latency_ms"] for g in doc["generations"] for c in g["population"]]
     assert latencies and max(latencies) <= budget + 1e-9
     assert quantile_budget(table, supernet.space, 0.1) < budget < quantile_budget(table, supernet.space, 0.9)
+    # proxy health: the noise of a score on the 64 validation images, and whether the top-k can be told apart
+    health = doc["proxy_health"]
+    assert health["images"] == 64 and health["topk_scores"] == [c["score"] for c in doc["topk"]]
+    assert health["stderr"] == pytest.approx((max(doc["topk"][0]["score"] * (1 - doc["topk"][0]["score"]),
+                                                  0.25 / 64) / 64) ** 0.5)
+    if health["separable"]:
+        assert "proxy health: score standard error" in res.stdout
+    else:
+        assert "warning: proxy health" in res.stderr and "--val-limit" in res.stderr
     both = runner.invoke(cli, [*base, "--latency-quantile", "0.3", "--latency-ms", "1", "--out", str(root / "q2")])
     assert both.exit_code == 2 and "--latency-ms or --latency-quantile, not both" in both.stderr
     bad = runner.invoke(cli, [*base, "--latency-quantile", "25", "--out", str(root / "q3")])

@@ -147,7 +147,7 @@ def test_every_choice_runs_forward_and_backward(name, preset, size):
     from edgenas.supernet import Supernet
 
     space = create_space(name, preset, width_mult=0.25, head_channels=32)
-    net = Supernet(space, num_classes=10, in_channels=1)
+    net = Supernet(space, num_classes=10, in_channels=1, weights="separate")
     x = torch.randn(2 if size < 100 else 1, 1, size, size)
     for c in range(max(space.num_choices)):
         arch = space.arch([min(c, n - 1) for n in space.num_choices])

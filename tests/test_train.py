@@ -110,3 +110,83 @@ def test_trained_supernet_subnet_beats_chance_on_test_split(tmp_path, digits):
         accs.append(res["accuracy"])
         assert res["count"] == len(digits.test)
     assert min(accs) > 0.4, accs  # chance is 0.1; an untrained supernet scores about that
+
+
+def test_sandwich_trains_largest_and_smallest_first(tiny_mbv3):
+    from edgenas.train import step_archs
+
+    macs = tiny_mbv3.macs_table((28, 28))
+    extremes = (tiny_mbv3.extreme_arch(macs, largest=True), tiny_mbv3.extreme_arch(macs))
+    rng = np.random.default_rng(0)
+    archs = step_archs(tiny_mbv3, rng, TrainConfig(recipe="sandwich", sandwich_random=3), (28, 28), extremes)
+    assert archs[:2] == list(extremes) and len(archs) == 5
+    assert all(tiny_mbv3.macs(a, (28, 28), 1, 10) <= tiny_mbv3.macs(archs[0], (28, 28), 1, 10) for a in archs)
+    assert all(tiny_mbv3.macs(a, (28, 28), 1, 10) >= tiny_mbv3.macs(archs[1], (28, 28), 1, 10) for a in archs)
+    assert len(step_archs(tiny_mbv3, rng, TrainConfig(), (28, 28), extremes)) == 1
+
+
+def test_in_place_distillation_loss_pulls_students_to_the_teacher_only():
+    from edgenas.train import path_losses, soft_cross_entropy
+
+    teacher = torch.tensor([[2.0, 0.0, -1.0]], requires_grad=True)
+    student = torch.tensor([[0.0, 1.0, 0.0]], requires_grad=True)
+    p = torch.softmax(teacher.detach(), 1)
+    expected = -(p * torch.log_softmax(student, 1)).sum().item()
+    assert soft_cross_entropy(student, teacher).item() == pytest.approx(expected)
+    # minimal (= the teacher's entropy) when the student predicts what the teacher does
+    entropy = -(p * p.log()).sum().item()
+    assert soft_cross_entropy(teacher.detach().clone(), teacher).item() == pytest.approx(entropy, rel=1e-6)
+    y = torch.tensor([0])
+    loss = path_losses([teacher, student], y, torch.nn.CrossEntropyLoss(), TrainConfig(recipe="sandwich"))
+    loss.backward()
+    ce_only = torch.autograd.grad(torch.nn.functional.cross_entropy(teacher, y), teacher)[0]
+    torch.testing.assert_close(teacher.grad, ce_only)  # the KD term sends nothing into the teacher
+    assert student.grad.abs().sum() > 0
+
+
+def test_sandwich_with_distillation_learns_and_resumes_bit_identically(tmp_path, tiny_mbv3, digits):
+    cfg = _cfg(recipe="sandwich", sandwich_random=1, weights="shared")
+    full = train_supernet(tiny_mbv3, digits, cfg, tmp_path / "full")
+    assert full.supernet.weights == "shared"
+
+    class Stop(Exception):
+        pass
+
+    def stop(stats):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_supernet(tiny_mbv3, digits, cfg, tmp_path / "cut", on_epoch=stop)
+    resumed = train_supernet(tiny_mbv3, digits, cfg, tmp_path / "cut", resume=True)
+    a, b = full.supernet.state_dict(), resumed.supernet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(CheckpointError, match=r"other settings.*recipe"):
+        train_supernet(tiny_mbv3, digits, _cfg(weights="shared", epochs=3), tmp_path / "cut", resume=True)
+    with pytest.raises(CheckpointError, match="the checkpoint has shared"):
+        train_supernet(tiny_mbv3, digits, _cfg(recipe="sandwich", sandwich_random=1, weights="separate", epochs=3),
+                       tmp_path / "cut", resume=True)
+
+
+def test_weights_and_recipe_are_validated(tiny_spos, tmp_path, digits):
+    with pytest.raises(ConfigError, match="recipe must be single or sandwich"):
+        TrainConfig(recipe="triple")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="weights must be auto, separate or shared"):
+        TrainConfig(weights="tied")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="separate weights only"):
+        train_supernet(tiny_spos, digits, _cfg(weights="shared"), tmp_path / "x")
+
+
+@pytest.mark.slow
+def test_shared_sandwich_supernet_beats_separate_at_equal_steps(tmp_path, digits):
+    """The point of weight sharing: with few steps, sampled subnets of a shared supernet are far better."""
+    from edgenas.evaluate import score_archs
+    from edgenas.space import create_space
+
+    space = create_space("mbv3", "small", width_mult=0.25, head_channels=64)
+    archs = [space.sample(np.random.default_rng(s)) for s in range(4)]
+    means = {}
+    for weights in ("separate", "shared"):
+        cfg = TrainConfig(epochs=3, batch_size=32, lr=0.1, val_archs=0, device="cpu", seed=0, weights=weights)
+        sn = train_supernet(space, digits, cfg, tmp_path / weights).supernet
+        means[weights] = np.mean([s.accuracy for s in score_archs(sn, archs, digits, split="test", recal=5)])
+    assert means["shared"] > means["separate"] + 0.1, means

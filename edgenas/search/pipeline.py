@@ -28,6 +28,7 @@ import torch
 from edgenas.config import to_mapping
 from edgenas.data import DataConfig, DatasetSplits
 from edgenas.errors import CheckpointError
+from edgenas.proxy import proxy_health
 from edgenas.search.constraints import Budget, budget_sampler, check_feasible
 from edgenas.search.evolution import Constraint, EvolutionarySearch, EvolutionConfig, SearchHook, constraint_label
 from edgenas.search.results import SearchResult, plot_candidates, write_candidates_csv, write_search_json
@@ -151,6 +152,10 @@ def run_search(
             "batches_trained": shifting.batches_trained},
         "supernet": SUPERNET_NAME if shifting is not None else None,
         "seconds_this_session": time.perf_counter() - start,
+        "proxy_health": proxy_health(
+            [c.score for c in result.topk], len(data.val),  # type: ignore[arg-type]
+            available=len(data.val) if data_config is None or data_config.val_limit is None else None,  # type: ignore[arg-type]
+        ).to_json(),
     }
     if shifting is not None:
         save_checkpoint(out / SUPERNET_NAME, supernet,

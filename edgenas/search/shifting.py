@@ -39,7 +39,12 @@ from edgenas.space import Arch
 from edgenas.supernet import Supernet, path_modules
 from edgenas.train import param_groups, to_device
 
-__all__ = ["ShiftConfig", "SupernetShifting", "batch_seed"]
+__all__ = ["RELEASED_SHIFT", "ShiftConfig", "SupernetShifting", "batch_seed", "scaled_shift"]
+
+#: The authors' released setting per candidate (20 SGD steps of batch 150 at lr 1e-4) and the SPOS
+#: supernet training it followed (peak lr 0.5 at batch 1024, 120k steps of ImageNet).
+RELEASED_SHIFT = {"steps": 20, "batch_size": 150, "lr": 1e-4, "train_lr": 0.5, "train_batch_size": 1024,
+                  "fraction_of_training": 0.02}
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,29 @@ class ShiftConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"shift config: {message}")
+
+
+def scaled_shift(train_images: int, train_lr: float, train_batch_size: int, candidates: int,
+                 fraction: float = RELEASED_SHIFT["fraction_of_training"]) -> dict[str, Any]:
+    """The released code's shifting budget scaled to this supernet and this search.
+
+    Over one search the released code shifts on about 2% of the images the supernet was trained on
+    (1,000 candidates x 20 steps x 150 images vs 120k x 1024); the same ``fraction`` of this
+    supernet's training images is spread over the search's ``candidates`` (at least one batch of 32 each,
+    since batch norm trains on batch statistics). The learning rate keeps the released ratio of
+    per-image learning rates to the supernet's peak (1e-4/150 vs 0.5/1024, i.e. 1/732 at equal batch
+    size): a gentle continuation of training at the end of its schedule, not a second training.
+    """
+    if train_images <= 0 or candidates <= 0 or train_lr <= 0 or train_batch_size <= 0:
+        raise ConfigError("scaled_shift needs positive training images, lr, batch size and candidates")
+    per_candidate = fraction * train_images / candidates
+    batch_size = int(min(train_batch_size, max(32, round(per_candidate))))
+    batches = max(1, round(per_candidate / batch_size))
+    r = RELEASED_SHIFT
+    per_image_ratio = (r["lr"] / r["batch_size"]) / (r["train_lr"] / r["train_batch_size"])
+    lr = train_lr / train_batch_size * batch_size * per_image_ratio
+    return {"batches_per_candidate": batches, "batch_size": batch_size, "lr": float(f"{lr:.3g}"),
+            "images_per_candidate": batches * batch_size, "fraction": batches * batch_size * candidates / train_images}
 
 
 def batch_seed(seed: int, generation: int, index: int) -> int:

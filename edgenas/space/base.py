@@ -225,6 +225,21 @@ class SearchSpace(ABC):
     @abstractmethod
     def build_head(self, num_classes: int) -> Head: ...
 
+    #: whether :meth:`build_shared_layer` exists (a weight-entangled supernet can be built)
+    supports_shared: ClassVar[bool] = False
+
+    def build_shared_layer(self, layer: int) -> nn.Module:
+        """One module holding every choice of ``layer`` in shared weights; ``forward(x, choice)``
+        runs a choice and ``is_skip(choice)`` says whether it is the identity. The parameters a
+        choice uses must be slices (:func:`edgenas.space.elastic.slice_like`) of the module's, under
+        the plain block's names prefixed with ``block.``."""
+        raise SpaceError(f"space '{self.name}' has separate weights only (no shared-weight supernet)")
+
+    @property
+    def default_weights(self) -> str:
+        """The supernet weight layout used when none is asked for."""
+        return "shared" if self.supports_shared else "separate"
+
     def build_subnet(self, arch: Arch, num_classes: int, in_channels: int) -> Subnet:
         self.validate(arch)
         return Subnet(

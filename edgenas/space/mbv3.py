@@ -17,6 +17,7 @@ from torch import nn
 from edgenas.errors import SpaceError
 from edgenas.space.base import LayerSpec, SearchSpace
 from edgenas.space.blocks import ConvBNAct, Head, InvertedResidual, SkipBlock, make_divisible
+from edgenas.space.elastic import ElasticInvertedResidual
 
 __all__ = ["Mbv3Config", "Mbv3Space", "StageConfig"]
 
@@ -120,17 +121,30 @@ class Mbv3Space(SearchSpace):
     def build_stem(self, in_channels: int) -> ConvBNAct:
         return ConvBNAct(in_channels, self.stem_channels, 3, self.stem_stride, act="hswish")
 
-    def build_choice(self, layer: int, choice: int) -> nn.Module:
-        spec = self.layers[layer]
-        label = spec.choices[choice]
-        if label == "skip":
-            return SkipBlock()
+    def choice_spec(self, layer: int, choice: int) -> tuple[int, int] | None:
+        """``(kernel, expansion)`` of a choice, or ``None`` for skip."""
+        if self.layers[layer].choices[choice] == "skip":
+            return None
         cfg = self.config
-        stage = cfg.stages[spec.stage]
-        kernel = cfg.kernels[choice // len(cfg.expansions)]
-        expand = cfg.expansions[choice % len(cfg.expansions)]
-        return InvertedResidual(spec.in_channels, spec.out_channels, kernel, expand, spec.stride,
-                                stage.se, "hswish" if stage.hswish else "relu")
+        return cfg.kernels[choice // len(cfg.expansions)], cfg.expansions[choice % len(cfg.expansions)]
+
+    def _stage_opts(self, layer: int) -> tuple[bool, str]:
+        stage = self.config.stages[self.layers[layer].stage]
+        return stage.se, "hswish" if stage.hswish else "relu"
+
+    def build_choice(self, layer: int, choice: int) -> nn.Module:
+        spec, chosen = self.layers[layer], self.choice_spec(layer, choice)
+        if chosen is None:
+            return SkipBlock()
+        se, act = self._stage_opts(layer)
+        return InvertedResidual(spec.in_channels, spec.out_channels, *chosen, spec.stride, se, act)
+
+    supports_shared = True
+
+    def build_shared_layer(self, layer: int) -> ElasticInvertedResidual:
+        spec = self.layers[layer]
+        return ElasticInvertedResidual(spec.in_channels, spec.out_channels, spec.stride, *self._stage_opts(layer),
+                                       [self.choice_spec(layer, c) for c in range(len(spec.choices))])
 
     def build_head(self, num_classes: int) -> Head:
         return Head(self.layers[-1].out_channels, self._width(self.config.head_channels), num_classes,
