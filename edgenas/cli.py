@@ -1166,6 +1166,10 @@ def check(ctx: click.Context, bundle: str, profile_name: str, tolerance: str, tr
 @click.option("--space", "space_name", default="mbv3", show_default=True)
 @click.option("--width-mult", type=float, default=0.5, show_default=True)
 @click.option("--epochs", type=int, default=3, show_default=True, help="Supernet training epochs.")
+@click.option("--weights", type=click.Choice(["auto", "separate", "shared"]), default="auto", show_default=True,
+              help="Supernet weights (auto = shared where the space supports it).")
+@click.option("--recipe", type=click.Choice(["single", "sandwich"]), default="single", show_default=True,
+              help="Supernet training recipe.")
 @click.option("--train-limit", type=int, default=None, help="Train the supernet and fine-tune on N images.")
 @click.option("--population", type=int, default=16, show_default=True)
 @click.option("--generations", type=int, default=4, show_default=True)
@@ -1189,8 +1193,9 @@ def check(ctx: click.Context, bundle: str, profile_name: str, tolerance: str, tr
 @click.pass_context
 def run_cmd(ctx: click.Context, profile_name: str, data_name: str, data_root: str | None, latency_ms: float | None,
             latency_quantile: float | None, mflops: float | None, params_m: float | None, space_name: str,
-            width_mult: float, epochs: int, train_limit: int | None, population: int, generations: int, topk: int,
-            mutations: int, crossovers: int, val_limit: int, shift: bool, finetune_epochs: int, int8: bool,
+            width_mult: float, epochs: int, weights: str, recipe: str, train_limit: int | None, population: int,
+            generations: int, topk: int, mutations: int, crossovers: int, val_limit: int, shift: bool,
+            finetune_epochs: int, int8: bool,
             name: str | None, export_dir: str | None, tables_dir: str, seed: int, threads: int, device: str,
             out_dir: str, resume: bool) -> None:
     """The whole pipeline in one run directory: train, latency table, search, extract, fine-tune, export, check.
@@ -1207,9 +1212,10 @@ def run_cmd(ctx: click.Context, profile_name: str, data_name: str, data_root: st
     out = Path(out_dir)
     settings = dict(
         profile=profile_name, data=data_name, latency_ms=latency_ms, latency_quantile=latency_quantile,
-        mflops=mflops, params_m=params_m, space=space_name, width_mult=width_mult, epochs=epochs,
-        train_limit=train_limit, population=population, generations=generations, topk=topk, mutations=mutations,
-        crossovers=crossovers, val_limit=val_limit, shift=shift, finetune_epochs=finetune_epochs, int8=int8, seed=seed)
+        mflops=mflops, params_m=params_m, space=space_name, width_mult=width_mult, epochs=epochs, weights=weights,
+        recipe=recipe, train_limit=train_limit, population=population, generations=generations, topk=topk,
+        mutations=mutations, crossovers=crossovers, val_limit=val_limit, shift=shift, finetune_epochs=finetune_epochs,
+        int8=int8, seed=seed)
     prof = load_profile(profile_name)  # fail on a bad profile before any work
     _check_latency_options(latency_ms, latency_quantile)
     if prof.runtime != "onnxruntime":
@@ -1229,7 +1235,8 @@ def run_cmd(ctx: click.Context, profile_name: str, data_name: str, data_root: st
 
     if (t := stage("train", "1/7 train the supernet")) is not None:
         ctx.invoke(train, space_name=space_name, width_mult=width_mult, data_name=data_name, data_root=data_root,
-                   train_limit=train_limit, epochs=epochs, seed=seed, threads=threads, device=device,
+                   train_limit=train_limit, epochs=epochs, weights=weights, recipe=recipe, seed=seed, threads=threads,
+                   device=device,
                    out_dir=str(paths["supernet"]), resume=(paths["supernet"] / "supernet.pt").exists())
         log.finish("train", t, checkpoint=str(paths["supernet"] / "supernet.pt"))
     if (t := stage("table", "2/7 latency table")) is not None:

@@ -47,6 +47,19 @@ def test_train_json_and_resume(runner, tmp_path):
     assert [e["epoch"] for e in json.loads(resumed.stdout)["epochs"]] == [0, 1]
 
 
+def test_train_weights_and_recipe_options(runner, tmp_path):
+    res = runner.invoke(cli, ["train", *TINY, "--weights", "shared", "--recipe", "sandwich", "--sandwich-random", "1",
+                              "--no-distill", "--out", str(tmp_path / "sw")])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "sw" / "supernet.json").read_text())
+    assert meta["weights"] == "shared"
+    assert meta["train"]["recipe"] == "sandwich" and meta["train"]["distill"] is False
+    assert json.loads((tmp_path / "sw" / "config.json").read_text())["train"]["sandwich_random"] == 1
+    spos = runner.invoke(cli, ["train", *TINY[2:], "--space", "spos", "--weights", "shared",
+                               "--out", str(tmp_path / "sp")])
+    assert spos.exit_code == 2 and "separate weights only" in spos.stderr and "Traceback" not in spos.output
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
