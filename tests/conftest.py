@@ -32,3 +32,19 @@ def tiny_spos():
     from edgenas.space import create_space
 
     return create_space("spos", "small", width_mult=0.25, depths=(2, 2, 2, 1), head_channels=64)
+
+
+def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+
+
+@pytest.fixture
+def randomise_bn():
+    """Give every batch norm non-trivial statistics and affine weights, so equality tests cannot pass by accident."""
+    return _randomise_bn

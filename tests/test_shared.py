@@ -12,16 +12,6 @@ from edgenas.space.elastic import ElasticInvertedResidual, SlicedBatchNorm2d, sl
 from edgenas.supernet import Supernet, inherit_subnet, load_checkpoint, save_checkpoint, subnet_state_dict
 
 
-def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-
-
 def test_slice_like_takes_leading_channels_and_kernel_centre():
     w = torch.arange(4 * 3 * 5 * 5, dtype=torch.float32).reshape(4, 3, 5, 5)
     part = slice_like(w, (2, 3, 3, 3))
@@ -33,11 +23,11 @@ def test_slice_like_takes_leading_channels_and_kernel_centre():
 
 @pytest.mark.parametrize("se", [False, True])
 @pytest.mark.parametrize("train_mode", [False, True])
-def test_every_choice_equals_a_plain_block_holding_its_slices(se, train_mode):
+def test_every_choice_equals_a_plain_block_holding_its_slices(se, train_mode, randomise_bn):
     torch.manual_seed(0)
     choices = [(k, e) for k in (3, 5, 7) for e in (3, 4, 6)] + [None]
     layer = ElasticInvertedResidual(16, 16, 1, se, "hswish", choices)
-    _randomise(layer)
+    randomise_bn(layer)
     x = torch.randn(3, 16, 9, 9)
     for c, spec in enumerate(choices):
         if spec is None:
@@ -76,10 +66,10 @@ def test_shared_is_the_mbv3_default_and_separate_stays_selectable(tiny_mbv3, tin
     assert shared < separate / 3  # one block per layer instead of ten
 
 
-def test_extracted_subnet_equals_the_shared_supernet_path(tiny_mbv3):
+def test_extracted_subnet_equals_the_shared_supernet_path(tiny_mbv3, randomise_bn):
     torch.manual_seed(0)
     supernet = Supernet(tiny_mbv3, 7, 3, "shared")
-    _randomise(supernet)
+    randomise_bn(supernet)
     supernet.eval()
     x = torch.randn(4, 3, 28, 28)
     rng = np.random.default_rng(0)

@@ -16,23 +16,12 @@ from edgenas.supernet import (
 )
 
 
-def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics and affine weights, so equality tests cannot pass by accident."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-
-
 @pytest.mark.parametrize("fixture", ["tiny_mbv3", "tiny_spos"])
-def test_single_path_equals_standalone_subnet_with_copied_weights(fixture, request):
+def test_single_path_equals_standalone_subnet_with_copied_weights(fixture, request, randomise_bn):
     space = request.getfixturevalue(fixture)
     torch.manual_seed(0)
     supernet = Supernet(space, num_classes=7, in_channels=3, weights="separate")
-    _randomise_bn(supernet)
+    randomise_bn(supernet)
     supernet.eval()
     rng = np.random.default_rng(0)
     x = torch.randn(4, 3, 28, 28)
@@ -47,10 +36,10 @@ def test_single_path_equals_standalone_subnet_with_copied_weights(fixture, reque
             torch.testing.assert_close(subnet(x), supernet(x, arch), rtol=0, atol=0)
 
 
-def test_other_paths_do_not_match(tiny_mbv3):
+def test_other_paths_do_not_match(tiny_mbv3, randomise_bn):
     torch.manual_seed(0)
     supernet = Supernet(tiny_mbv3, 10, 1).eval()
-    _randomise_bn(supernet)
+    randomise_bn(supernet)
     a = tiny_mbv3.arch([0] * len(tiny_mbv3.layers))
     b = tiny_mbv3.arch([1] * len(tiny_mbv3.layers))
     x = torch.randn(2, 1, 28, 28)
@@ -58,10 +47,10 @@ def test_other_paths_do_not_match(tiny_mbv3):
         assert not torch.allclose(supernet(x, a), supernet(x, b))
 
 
-def test_recalibration_sets_exact_statistics_and_restores_buffers(tiny_mbv3):
+def test_recalibration_sets_exact_statistics_and_restores_buffers(tiny_mbv3, randomise_bn):
     torch.manual_seed(0)
     supernet = Supernet(tiny_mbv3, 10, 1)
-    _randomise_bn(supernet)
+    randomise_bn(supernet)
     arch = tiny_mbv3.sample(np.random.default_rng(0))
     before = {k: v.clone() for k, v in supernet.state_dict().items()}
     batches = [torch.randn(8, 1, 28, 28) + 3.0 for _ in range(3)]
