@@ -204,8 +204,9 @@ def _sample(space: SearchSpace, rng: np.random.Generator, cfg: TrainConfig, inpu
     return space.sample(rng)
 
 
-# what a checkpoint written before these settings existed was trained with
-_LEGACY = {"weights": "auto", "recipe": "single", "sandwich_random": 2, "distill": True, "kd_temperature": 1.0}
+# what a checkpoint written before these settings existed was trained with (its weight layout is
+# compared as resolved, from the checkpoint itself, so "auto" and the layout it means are the same)
+_LEGACY = {"recipe": "single", "sandwich_random": 2, "distill": True, "kd_temperature": 1.0}
 
 
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
@@ -309,7 +310,7 @@ def _train(
     if resume:
         supernet, meta, train_state = load_checkpoint(ckpt_path, space)
         saved, now = dict(meta.get("train", {})), _comparable(cfg)
-        changed = sorted(k for k in now if k != "epochs" and saved.get(k, _LEGACY.get(k)) != now[k])
+        changed = sorted(k for k in now if k not in ("epochs", "weights") and saved.get(k, _LEGACY.get(k)) != now[k])
         if supernet.weights != weights:
             changed.append(f"weights: the checkpoint has {supernet.weights}")
         if changed:

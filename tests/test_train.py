@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -190,3 +191,19 @@ def test_shared_sandwich_supernet_beats_separate_at_equal_steps(tmp_path, digits
         sn = train_supernet(space, digits, cfg, tmp_path / weights).supernet
         means[weights] = np.mean([s.accuracy for s in score_archs(sn, archs, digits, split="test", recal=5)])
     assert means["shared"] > means["separate"] + 0.1, means
+
+
+def test_a_checkpoint_from_before_weight_layouts_resumes_as_separate(tmp_path, tiny_mbv3, digits):
+    """Files written before `weights`/`recipe` existed: resumable with --weights separate, refused with shared."""
+    cfg = _cfg(weights="separate")
+    train_supernet(tiny_mbv3, digits, dataclasses.replace(cfg, epochs=1), tmp_path / "old")
+    path = tmp_path / "old" / "supernet.pt"
+    blob = torch.load(path, weights_only=True)
+    for key in ("weights", "recipe", "sandwich_random", "distill", "kd_temperature"):
+        blob["meta"]["train"].pop(key)
+    blob["meta"].pop("weights")
+    torch.save(blob, path)
+    resumed = train_supernet(tiny_mbv3, digits, cfg, tmp_path / "old", resume=True)
+    assert resumed.supernet.weights == "separate" and len(resumed.history) == 2
+    with pytest.raises(CheckpointError, match="the checkpoint has separate"):
+        train_supernet(tiny_mbv3, digits, _cfg(epochs=3), tmp_path / "old", resume=True)
