@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from edgenas.data import DatasetSplits
-from edgenas.errors import ConfigError
+from edgenas.errors import ConfigError, EdgenasError
 from edgenas.io import atomic_write_json, read_json
 from edgenas.space import Arch, SearchSpace
 
@@ -207,7 +207,13 @@ def rank_check(
     from edgenas.evaluate import score_archs
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # before any work: an unwritable cache would lose every trained network
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise EdgenasError(f"cannot write the rank-check cache {out}: {exc.strerror or exc}") from None
     inherited = score_archs(supernet, list(archs), data, split="val", recal=recal, device=device)
     entries = []
     input_hw = tuple(data.input_size)

@@ -98,3 +98,6 @@ def test_eval_rank_check_end_to_end(tmp_path):
     assert again.exit_code == 0 and f"Kendall tau {doc['kendall_tau']['value']:.3f}" in again.stdout
     bad = runner.invoke(cli, [*args[:4], "2"])
     assert bad.exit_code == 2 and "at least 3 architectures" in bad.stderr
+    (tmp_path / "file").write_text("x")
+    unwritable = runner.invoke(cli, [*args[:-1], str(tmp_path / "file" / "rc")])
+    assert unwritable.exit_code == 2 and "cannot write the rank-check cache" in unwritable.stderr
