@@ -568,14 +568,14 @@ def eval_cmd(ckpt: str, arch_strs: tuple[str, ...], sample: int, seed: int, spli
 def _rank_check(supernet: Any, meta: dict[str, Any], splits: Any, ckpt: str, count: int, epochs: int,
                 train_limit: int | None, out: str | None, recal: int, seed: int, threads: int | None,
                 device: Any, as_json: bool) -> None:
+    from edgenas.config import to_mapping
     from edgenas.finetune import FinetuneConfig, finetune
     from edgenas.proxy import rank_check, spread_archs
 
     limit = train_limit if train_limit is not None else (meta.get("data") or {}).get("train_limit")
     config = FinetuneConfig(epochs=epochs, from_scratch=True, patience=epochs, lr=0.1, train_limit=limit,
                             seed=seed, threads=threads)
-    recipe = {"epochs": epochs, "lr": config.lr, "batch_size": config.batch_size, "train_limit": limit,
-              "seed": seed, "data": splits.name}
+    recipe = {**{k: v for k, v in to_mapping(config).items() if k != "threads"}, "data": splits.name}
     archs = spread_archs(supernet.space, count, tuple(splits.input_size), seed)
 
     def train_alone(arch: Any, where: Path) -> float:
@@ -654,21 +654,6 @@ class _SearchProgress:
         if best is not None:
             best_text = f"best {best.score:.2%} {best.arch} ({best.metrics.get('latency_ms', float('nan')):.3f} ms)"
         click.echo(f"generation {record.generation + 1}/{self.generations} | {best_text} | ETA {eta:.0f} s", err=True)
-
-
-def _released_shift_budget(meta: dict[str, Any], evolution: Any) -> dict[str, Any]:
-    """Shifting batches, batch size and lr scaled from the released code to this supernet's training
-    (see :func:`edgenas.search.shifting.scaled_shift`); empty when the checkpoint does not say."""
-    from edgenas.search.shifting import scaled_shift
-
-    train = meta.get("train") or {}
-    images = sum(int(h.get("images", 0)) for h in meta.get("history") or [] if isinstance(h, dict))
-    try:
-        budget = scaled_shift(images, float(train["lr"]), int(train["batch_size"]),
-                              evolution.population * evolution.generations)
-    except (KeyError, TypeError, ValueError, EdgenasError):
-        return {}
-    return {k: budget[k] for k in ("batches_per_candidate", "batch_size", "lr")}
 
 
 def _check_latency_options(latency_ms: float | None, latency_quantile: float | None) -> None:
@@ -792,7 +777,9 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
     if shift:
         shift_fields: dict[str, Any] = {"update": shift_update, "freeze_backbone": freeze_backbone}
         if transfer_from is None:  # a transferred classifier starts untrained: it keeps the larger defaults
-            shift_fields.update(_released_shift_budget(meta, evolution))
+            from edgenas.search.shifting import shift_budget_for
+
+            shift_fields.update(shift_budget_for(meta, evolution.population * evolution.generations))
         if shift_batches is not None:
             shift_fields["batches_per_candidate"] = shift_batches
         if shift_lr is not None:

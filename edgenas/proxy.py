@@ -70,6 +70,11 @@ class ProxyHealth:
                 f"top-{len(self.topk_scores)} spread {spread:.2%}; {self.tied_with_best} of them tied with the best")
         return text if self.advice is None else f"{text}. {self.advice}"
 
+    def short(self) -> str:
+        """One table cell: the noise of a score and how many of the top-k it cannot tell from the best."""
+        return (f"±{self.stderr:.2%} per score; {self.tied_with_best} of the top-{len(self.topk_scores)} tied with "
+                "the best" + ("" if self.separable else " (not separable)"))
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProxyHealth:
         return cls(int(data["images"]), float(data["stderr"]), tuple(data["topk_scores"]),

@@ -100,11 +100,10 @@ def pipeline_summary(run_dir: Path, log: StageLog) -> list[tuple[str, str]]:
                  ("search: val accuracy (supernet)", _pct(best.get("score"))),
                  ("search: predicted latency", _ms(best.get("metrics", {}).get("latency_ms"))),
                  ("search: candidates evaluated", str(search_doc.get("evaluated", "-")))]
-        health = search_doc.get("proxy_health")
-        if health:
-            rows.append(("search: proxy health", f"±{_pct(health.get('stderr'))} per score; "
-                         f"{health.get('tied_with_best', '-')} of the top-{len(health.get('topk_scores') or [])} "
-                         "tied with the best" + ("" if health.get("separable") else " (not separable)")))
+        if search_doc.get("proxy_health"):
+            from edgenas.proxy import ProxyHealth
+
+            rows.append(("search: proxy health", ProxyHealth.from_json(search_doc["proxy_health"]).short()))
         finalists = measured.get("finalists") or []
         if finalists:
             rows.append(("search: measured latency of the best", _ms(finalists[0].get("measured_ms"))))

@@ -108,10 +108,13 @@ def _source_key(supernet: Supernet, key: str, arch: Arch) -> str:
     return f"layers.{layer}.block.{rest}" if supernet.shared else f"layers.{layer}.{arch.choices[int(layer)]}.{rest}"
 
 
-def subnet_state_dict(supernet: Supernet, arch: Arch) -> dict[str, torch.Tensor]:
+def subnet_state_dict(supernet: Supernet, arch: Arch, like: dict[str, torch.Tensor] | None = None
+                      ) -> dict[str, torch.Tensor]:
     """The chosen path's tensors under a :class:`Subnet`'s names, each cut to the subnet's shape
-    (with shared weights a choice's slice; with separate weights the whole tensor)."""
-    like = supernet.space.build_subnet(arch, supernet.num_classes, supernet.in_channels).state_dict()
+    (with shared weights a choice's slice; with separate weights the whole tensor). ``like`` is the
+    target subnet's state dict when the caller has built it already."""
+    if like is None:
+        like = supernet.space.build_subnet(arch, supernet.num_classes, supernet.in_channels).state_dict()
     source = supernet.state_dict()
     return {key: slice_like(source[_source_key(supernet, key, arch)], value.shape) for key, value in like.items()}
 
@@ -120,7 +123,7 @@ def inherit_subnet(supernet: Supernet, arch: Arch) -> Subnet:
     """A standalone subnet carrying the supernet's weights (and BN buffers) for ``arch``."""
     supernet.space.validate(arch)
     subnet = supernet.space.build_subnet(arch, supernet.num_classes, supernet.in_channels)
-    subnet.load_state_dict(subnet_state_dict(supernet, arch), strict=True)
+    subnet.load_state_dict(subnet_state_dict(supernet, arch, subnet.state_dict()), strict=True)
     return subnet
 
 

@@ -39,7 +39,7 @@ from edgenas.space import Arch
 from edgenas.supernet import Supernet, path_modules
 from edgenas.train import param_groups, to_device
 
-__all__ = ["RELEASED_SHIFT", "ShiftConfig", "SupernetShifting", "batch_seed", "scaled_shift"]
+__all__ = ["RELEASED_SHIFT", "ShiftConfig", "SupernetShifting", "batch_seed", "scaled_shift", "shift_budget_for"]
 
 #: The authors' released setting per candidate (20 SGD steps of batch 150 at lr 1e-4) and the SPOS
 #: supernet training it followed (peak lr 0.5 at batch 1024, 120k steps of ImageNet).
@@ -105,6 +105,18 @@ def scaled_shift(train_images: int, train_lr: float, train_batch_size: int, cand
     lr = train_lr / train_batch_size * batch_size * per_image_ratio
     return {"batches_per_candidate": batches, "batch_size": batch_size, "lr": float(f"{lr:.3g}"),
             "images_per_candidate": batches * batch_size, "fraction": batches * batch_size * candidates / train_images}
+
+
+def shift_budget_for(meta: Mapping[str, Any], candidates: int) -> dict[str, Any]:
+    """:func:`scaled_shift`'s ``ShiftConfig`` fields for the supernet a checkpoint's metadata describes
+    (its training images from the history, its lr and batch size); empty when the metadata does not say."""
+    train = meta.get("train") or {}
+    images = sum(int(h.get("images", 0)) for h in meta.get("history") or [] if isinstance(h, dict))
+    try:
+        budget = scaled_shift(images, float(train["lr"]), int(train["batch_size"]), candidates)
+    except (KeyError, TypeError, ValueError, EdgenasError):
+        return {}
+    return {k: budget[k] for k in ("batches_per_candidate", "batch_size", "lr")}
 
 
 def batch_seed(seed: int, generation: int, index: int) -> int:
