@@ -34,6 +34,7 @@ from edgenas.errors import CheckpointError, EdgenasError
 from edgenas.finetune import FinetuneConfig, FinetuneEpoch, FinetuneResult, finetune
 from edgenas.hardware.profile import Profile
 from edgenas.io import atomic_write_json, read_json
+from edgenas.registry import Registry
 
 __all__ = [
     "BASELINES",
@@ -117,27 +118,25 @@ class BaselineFamily:
         return f"{self.name}@{width:g}"
 
 
-BASELINES: dict[str, BaselineFamily] = {
-    f.name: f
-    for f in (
-        BaselineFamily("mobilenetv3-small", "torchvision", (0.25, 0.35, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5),
-                       _tv_mobilenet_v3_small, "torchvision MobileNetV3-Small (Howard et al. 2019), width_mult"),
-        BaselineFamily("lcnet", "timm", (0.35, 0.5, 0.75, 1.0, 1.5),
-                       _timm({0.35: "lcnet_035", 0.5: "lcnet_050", 0.75: "lcnet_075", 1.0: "lcnet_100",
-                              1.5: "lcnet_150"}),
-                       "timm PP-LCNet (Cui et al. 2021), designed for CPU latency"),
-        BaselineFamily("mobilenetv4-small", "timm", (0.35, 0.5, 1.0),
-                       _timm({0.35: "mobilenetv4_conv_small_035", 0.5: "mobilenetv4_conv_small_050",
-                              1.0: "mobilenetv4_conv_small"}),
-                       "timm MobileNetV4-Conv-Small (Qin et al. 2024)"),
-    )
-}
+BASELINES: Registry[BaselineFamily] = Registry("baseline", EdgenasError)
+"""Family name -> :class:`BaselineFamily`; ``edgenas baseline --family`` takes these names."""
+for _family in (
+    BaselineFamily("lcnet", "timm", (0.35, 0.5, 0.75, 1.0, 1.5),
+                   _timm({0.35: "lcnet_035", 0.5: "lcnet_050", 0.75: "lcnet_075", 1.0: "lcnet_100",
+                          1.5: "lcnet_150"}),
+                   "timm PP-LCNet (Cui et al. 2021), designed for CPU latency"),
+    BaselineFamily("mobilenetv3-small", "torchvision", (0.25, 0.35, 0.5, 0.6, 0.75, 0.9, 1.0, 1.25, 1.5),
+                   _tv_mobilenet_v3_small, "torchvision MobileNetV3-Small (Howard et al. 2019), width_mult"),
+    BaselineFamily("mobilenetv4-small", "timm", (0.35, 0.5, 1.0),
+                   _timm({0.35: "mobilenetv4_conv_small_035", 0.5: "mobilenetv4_conv_small_050",
+                          1.0: "mobilenetv4_conv_small"}),
+                   "timm MobileNetV4-Conv-Small (Qin et al. 2024)"),
+):
+    BASELINES.register(_family.name, _family)
 
 
 def get_family(name: str) -> BaselineFamily:
-    if name not in BASELINES:
-        raise EdgenasError(f"unknown baseline '{name}'; known: {', '.join(sorted(BASELINES))}")
-    return BASELINES[name]
+    return BASELINES.get(name)
 
 
 def build_baseline(family: str | BaselineFamily, width: float, *, num_classes: int, in_channels: int,

@@ -45,6 +45,38 @@ def cli() -> None:
     """
 
 
+def _load_option_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``--config FILE.yaml``: the file's keys (option names, with - or _) become the command's
+    defaults, so options given on the command line override the file; an unknown key is an error."""
+    if value is None:
+        return None
+    from edgenas.config import load_yaml
+
+    names: dict[str, str] = {}
+    for param in ctx.command.params:
+        if param.name in (None, "config_file"):
+            continue
+        names[param.name.replace("_", "-")] = param.name
+        for flag in getattr(param, "opts", []) + getattr(param, "secondary_opts", []):
+            names[flag.lstrip("-")] = param.name
+    values: dict[str, Any] = {}
+    for key, item in load_yaml(value).items():
+        name = names.get(str(key).replace("_", "-"))
+        if name is None:
+            known = ", ".join(sorted(k for k in names if "_" not in k and not k.startswith("no-")))
+            raise ConfigError(f"{value}: unknown option '{key}' for `{ctx.command_path}` (known: {known})")
+        values[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    return value
+
+
+def _config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, is_eager=True,
+                        expose_value=False, callback=_load_option_file,
+                        help="YAML of this command's options (names as here, with - or _); options given here "
+                             "override it.")(fn)
+
+
 # ----- data ---------------------------------------------------------------------------------------------
 @cli.group()
 def data() -> None:
@@ -61,6 +93,7 @@ def data_list() -> None:
 
 
 @data.command("show")
+@_config_option
 @click.argument("name")
 @click.option("--root", type=click.Path(file_okay=False), default=None, help="Data directory (else $EDGENAS_DATA).")
 def data_show(name: str, root: str | None) -> None:
@@ -90,6 +123,7 @@ def space_list() -> None:
 
 
 @space.command("show")
+@_config_option
 @click.argument("name")
 @click.option("--preset", default="small", show_default=True,
               help="Space preset: small (28-32 px) or imagenet (224 px).")
@@ -114,6 +148,7 @@ def space_show(name: str, preset: str, input_size: int) -> None:
 
 
 @space.command("sample")
+@_config_option
 @click.argument("name")
 @click.option("-n", "count", type=int, default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -154,13 +189,6 @@ def _protocol_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _with_protocol(p: Any, warmup: int | None, repeats: int | None, trials: int | None) -> Any:
-    """The profile with its measurement protocol overridden; not part of the latency hash, so a table
-    measured more carefully is still a table for the same target."""
-    given = {k: v for k, v in (("warmup", warmup), ("repeats", repeats), ("trials", trials)) if v is not None}
-    return dataclasses.replace(p, measure=dataclasses.replace(p.measure, **given)) if given else p
-
-
 def _warn(lines: list[str]) -> None:
     for line in lines:
         click.echo(f"warning: {line}", err=True)
@@ -168,6 +196,76 @@ def _warn(lines: list[str]) -> None:
 
 def _progress(message: str) -> None:
     click.echo(message, err=True)
+
+
+def _console(quiet: bool = False, epochs: int = 0, generations: int = 0) -> Any:
+    """The CLI's :class:`edgenas.pipeline.Progress`: stderr lines, a bar for training on a terminal;
+    ``quiet`` (``--json``) keeps only warnings."""
+    from edgenas.pipeline.progress import Progress
+
+    class Console(Progress):
+        def __init__(self) -> None:
+            self.bar: Any = None
+            self.task: Any = None
+            self.seconds: list[float] = []
+
+        def message(self, text: str) -> None:
+            if not quiet:
+                click.echo(text, err=True)
+
+        def warning(self, text: str) -> None:
+            click.echo(f"warning: {text}", err=True)
+
+        def stage(self, key: str, title: str, skipped: bool) -> None:
+            click.echo(f"== {title}{': done, skipped' if skipped else ''}", err=True)
+
+        def train_step(self, epoch: int, step: int, total: int, loss: float) -> None:
+            if quiet or not sys.stderr.isatty():
+                return
+            if self.bar is None:
+                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
+                                    TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
+                                    TimeRemainingColumn(), transient=True)
+                self.bar.start()
+            if self.task is None or step == 1:
+                if self.task is not None:
+                    self.bar.remove_task(self.task)
+                self.task = self.bar.add_task("train", total=total, epoch=f"{epoch + 1}/{epochs}", loss=loss)
+            self.bar.update(self.task, completed=step, loss=loss)
+            if step == total:
+                self.bar.stop()
+                self.bar, self.task = None, None
+
+        def train_epoch(self, stats: Any) -> None:
+            val = f" | val acc (sampled subnets) {stats.val_mean:.2%}" if stats.val_accuracy else ""
+            self.message(f"epoch {stats.epoch + 1}/{epochs} lr {stats.lr:.4f} | train loss {stats.train_loss:.4f} "
+                         f"acc {stats.train_accuracy:.2%} | {stats.images_per_s:.0f} img/s{val}")
+
+        def search_generation(self, record: Any) -> None:
+            self.seconds.append(float(getattr(record, "seconds", 0.0)))
+            eta = (generations - record.generation - 1) * sum(self.seconds) / len(self.seconds)
+            best = record.topk[0] if record.topk else None
+            text = "no legal candidate"
+            if best is not None:
+                text = f"best {best.score:.2%} {best.arch} ({best.metrics.get('latency_ms', float('nan')):.3f} ms)"
+            self.message(f"generation {record.generation + 1}/{generations} | {text} | ETA {eta:.0f} s")
+
+        def finetune_epoch(self, stats: Any) -> None:
+            self.seconds.append(stats.seconds)
+            eta = (epochs - stats.epoch - 1) * sum(self.seconds) / len(self.seconds)
+            kd = f" (kd {stats.kd_loss:.4f})" if stats.kd_loss is not None else ""
+            self.message(f"epoch {stats.epoch + 1}/{epochs} | loss {stats.train_loss:.4f}{kd} acc "
+                         f"{stats.train_accuracy:.2%} | val acc {stats.val_accuracy:.2%}"
+                         f"{' *' if stats.improved else ''} | lr {stats.lr:.4g} | {stats.images_per_s:.0f} img/s | "
+                         f"ETA {eta:.0f} s")
+
+        def rank_arch(self, index: int, total: int, entry: Any) -> None:
+            self.message(f"[{index}/{total}] {entry.arch}  {entry.macs / 1e6:.2f} M MACs  inherited (val) "
+                         f"{entry.inherited:.2%}  alone (test) {entry.standalone:.2%}")
+
+    return Console()
 
 
 @cli.group()
@@ -193,6 +291,7 @@ def profile_list() -> None:
 
 
 @profile.command("show")
+@_config_option
 @click.argument("name")
 @click.option("--input-shape", default=None, help="Override the input shape, C,H,W.")
 def profile_show(name: str, input_shape: str | None) -> None:
@@ -222,6 +321,7 @@ def profile_show(name: str, input_shape: str | None) -> None:
 
 
 @profile.command("build")
+@_config_option
 @click.option("--profile", "profile_name", required=True,
               help="Profile name (see `edgenas profile list`) or YAML path.")
 @click.option("--space", "space_name", default="mbv3", show_default=True)
@@ -243,31 +343,19 @@ def profile_build(profile_name: str, space_name: str, preset: str | None, width_
                   input_shape: str | None, num_classes: int, calib: int, seed: int, method: str, out: str | None,
                   force: bool, warmup: int | None, repeats: int | None, trials: int | None) -> None:
     """Measure a latency lookup table for a space on a profile's target and calibrate it."""
-    from edgenas.hardware.profile import load_profile
-    from edgenas.hardware.table import build_table, default_method
-    from edgenas.space import create_space, default_preset
+    from edgenas.pipeline import TableJob, build_table
 
-    p = _with_protocol(load_profile(profile_name, _parse_shape(input_shape)), warmup, repeats, trials)
-    if num_classes < 1:
-        raise ConfigError(f"--num-classes must be >= 1, not {num_classes}")
-    _, h, w = p.input_shape
-    chosen = preset or default_preset((h, w))
-    overrides = {"width_mult": width_mult} if width_mult is not None else {}
-    sp = create_space(space_name, chosen, **overrides)
-    width = f"_w{width_mult:g}" if width_mult is not None and width_mult != 1.0 else ""
-    path = Path(out) if out else Path("latency_tables") / f"{p.name}_{sp.name}_{chosen}{width}_{h}x{w}.json"
-    if path.exists() and not force:
-        raise EdgenasError(f"{path} exists; pass --force to rebuild it or choose another --out")
-    method = method or default_method(p)
-    table = build_table(sp, p, num_classes=num_classes, calib_samples=calib, seed=seed, method=method,  # type: ignore[arg-type]
-                        on_progress=_progress)
-    table.save(path)
-    click.echo(f"wrote {path}: {len(sp.layers)} layers, built in {table.build_seconds:.1f} s, "
-               f"{table.query_us:.2f} us per prediction")
-    click.echo(f"next: edgenas profile validate {path}")
+    result = build_table(TableJob(profile=profile_name, space=space_name, preset=preset, width_mult=width_mult,
+                                  input_shape=_parse_shape(input_shape), num_classes=num_classes, calib=calib,
+                                  seed=seed, method=method, out=out, force=force, warmup=warmup, repeats=repeats,
+                                  trials=trials), _console())
+    click.echo(f"wrote {result.path}: {result.layers} layers, built in {result.table.build_seconds:.1f} s, "
+               f"{result.table.query_us:.2f} us per prediction")
+    click.echo(f"next: edgenas profile validate {result.path}")
 
 
 @profile.command("validate")
+@_config_option
 @click.argument("table_path", metavar="TABLE")
 @click.option("--n", "count", type=int, default=50, show_default=True, help="Fresh subnets measured end to end.")
 @click.option("--seed", type=int, default=1, show_default=True)
@@ -278,12 +366,13 @@ def profile_validate(table_path: str, count: int, seed: int, plot: str | None, a
                      repeats: int | None, trials: int | None) -> None:
     """Measure fresh subnets end to end, compare with the table, store the figures in it."""
     from edgenas.hardware.table import LatencyTable, environment_warnings, validate_table
+    from edgenas.pipeline.table import with_protocol
     from edgenas.space import space_from_dict
 
     table = LatencyTable.load(table_path)
     sp = space_from_dict(table.space)
     _warn(environment_warnings(table))
-    p = _with_protocol(table.profile_object(), warmup, repeats, trials)
+    p = with_protocol(table.profile_object(), warmup, repeats, trials)
     plot_path = Path(plot) if plot else Path(table_path).with_suffix(".png")
     result = validate_table(table, sp, p, n=count, seed=seed, plot_path=plot_path, on_progress=_progress)
     table.save(table_path)
@@ -303,6 +392,7 @@ def profile_validate(table_path: str, count: int, seed: int, plot: str | None, a
 
 
 @profile.command("measure")
+@_config_option
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--profile", "profile_name", required=True, help="An onnxruntime profile name or YAML path.")
 @click.option("--input-shape", default=None, help="Input C,H,W (or N,C,H,W); default: read from the model.")
@@ -398,105 +488,30 @@ def train(config_file: str | None, space_name: str | None, preset: str | None, w
           data_name: str | None, data_root: str | None, resize: int | None, train_limit: int | None,
           out_dir: str, resume: bool, as_json: bool, **train_opts: Any) -> None:
     """Train a weight-sharing supernet (shared or separate weights; single-path or sandwich recipe)."""
-    from edgenas.config import from_mapping, load_yaml, to_mapping
-    from edgenas.data import DataConfig, load_dataset
-    from edgenas.io import atomic_write_json
-    from edgenas.space import create_space, default_preset, space_to_dict
-    from edgenas.train import TrainConfig, train_supernet
+    from edgenas.config import load_yaml
+    from edgenas.pipeline import TrainJob
+    from edgenas.pipeline import train as train_stage
 
-    file_cfg = load_yaml(config_file) if config_file else {}
-    unknown = sorted(set(file_cfg) - {"space", "data", "train"})
-    if unknown:
-        raise ConfigError(f"{config_file}: unknown section '{unknown[0]}' (known: space, data, train)")
-    where = config_file or "options"
-    data_cfg = from_mapping(DataConfig, _merge(file_cfg.get("data") or {}, name=data_name, root=data_root,
-                                               resize=resize, train_limit=train_limit), where=f"{where}: data")
-    train_cfg = from_mapping(TrainConfig, _merge(file_cfg.get("train") or {}, **train_opts), where=f"{where}: train")
-    splits = load_dataset(data_cfg)
-    space_section = dict(file_cfg.get("space") or {})
-    name = space_name or space_section.pop("name", "mbv3")
-    space_section.pop("name", None)
-    chosen_preset = preset or space_section.pop("preset", None) or default_preset(splits.input_size)
-    space_section.pop("preset", None)
-    if width_mult is not None:
-        space_section["width_mult"] = width_mult
-    sp = create_space(name, chosen_preset, **space_section)
-
-    out = Path(out_dir)
-    if not resume:
-        if (out / "supernet.pt").exists():
-            raise EdgenasError(f"{out / 'supernet.pt'} exists; pass --resume to continue it or choose another --out")
-        atomic_write_json(out / "config.json", {"space": {**space_to_dict(sp), "preset": chosen_preset},
-                                                "data": to_mapping(data_cfg), "train": to_mapping(train_cfg)})
-    reporter = _TrainReporter(quiet=as_json, epochs=train_cfg.epochs)
-    with reporter:
-        result = train_supernet(sp, splits, train_cfg, out, data_config=data_cfg, resume=resume,
-                                on_step=reporter.step, on_epoch=reporter.epoch)
-    summary = {"checkpoint": str(result.checkpoint), "space": sp.name, "preset": chosen_preset,
-               "data": splits.name, "epochs": [dataclasses.asdict(h) for h in result.history]}
+    sections = load_yaml(config_file) if config_file else {}
+    for key in ("data", "train", "space"):
+        if not isinstance(sections.get(key) or {}, dict):
+            raise ConfigError(f"{config_file}: '{key}' must be a mapping")
+    data = _merge(sections.get("data") or {}, name=data_name, root=data_root, resize=resize, train_limit=train_limit)
+    space_section = _merge(sections.get("space") or {}, name=space_name, preset=preset, width_mult=width_mult)
+    job = TrainJob.from_sections({**sections, "data": data, "train": _merge(sections.get("train") or {}, **train_opts),
+                                  "space": space_section}, where=config_file or "options", out=out_dir, resume=resume)
+    result = train_stage(job, _console(quiet=as_json, epochs=job.train.epochs))
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        last = result.history[-1] if result.history else None
-        if last is not None:
-            click.echo(f"done: {result.checkpoint} | epoch {last.epoch + 1}: val accuracy of "
-                       f"{len(last.val_accuracy)} sampled subnets {last.val_mean:.2%}")
-
-
-class _TrainReporter:
-    """Progress bar with loss and ETA on a terminal; one line per epoch otherwise (CI logs)."""
-
-    def __init__(self, quiet: bool, epochs: int) -> None:
-        self.quiet, self.epochs = quiet, epochs
-        self.progress: Any = None
-        self.task: Any = None
-
-    def __enter__(self) -> _TrainReporter:
-        if not self.quiet and sys.stderr.isatty():
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(),
-                                     TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
-                                     TimeRemainingColumn(), transient=True)
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def step(self, epoch: int, step: int, total: int, loss: float) -> None:
-        if self.progress is None:
-            return
-        if self.task is None or step == 1:
-            if self.task is not None:
-                self.progress.remove_task(self.task)
-            self.task = self.progress.add_task("train", total=total, epoch=f"{epoch + 1}/{self.epochs}", loss=loss)
-        self.progress.update(self.task, completed=step, loss=loss)
-
-    def epoch(self, stats: Any) -> None:
-        if self.quiet:
-            return
-        val = f" | val acc (sampled subnets) {stats.val_mean:.2%}" if stats.val_accuracy else ""
-        click.echo(f"epoch {stats.epoch + 1}/{self.epochs} lr {stats.lr:.4f} | train loss {stats.train_loss:.4f} "
-                   f"acc {stats.train_accuracy:.2%} | {stats.images_per_s:.0f} img/s{val}", err=True)
-
-
-def _checkpoint_data_config(meta: dict[str, Any], where: str, data_name: str | None, data_root: str | None,
-                            **fields: Any) -> Any:
-    """The dataset a checkpoint was trained on (full training split), or ``data_name`` instead."""
-    from edgenas.config import from_mapping
-    from edgenas.data import DataConfig
-
-    saved = dict(meta.get("data") or {})
-    if data_name is not None and data_name != saved.get("name"):
-        saved = {"name": data_name}
-    if data_root is not None:
-        saved["root"] = data_root
-    return from_mapping(DataConfig, {**saved, "train_limit": None, **fields}, where=f"{where}: data")
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    last = result.history[-1] if result.history else None
+    if last is not None:
+        click.echo(f"done: {result.checkpoint} | epoch {last.epoch + 1}: val accuracy of "
+                   f"{len(last.val_accuracy)} sampled subnets {last.val_mean:.2%}")
 
 
 @cli.command("eval")
+@_config_option
 @click.option("--supernet", "ckpt", type=click.Path(dir_okay=False), required=True, help="Supernet checkpoint.")
 @click.option("--arch", "arch_strs", multiple=True, help="Architecture string(s) to score.")
 @click.option("--sample", type=int, default=0, help="Also score N uniformly sampled architectures.")
@@ -529,6 +544,7 @@ def eval_cmd(ckpt: str, arch_strs: tuple[str, ...], sample: int, seed: int, spli
 
     from edgenas.data import load_dataset
     from edgenas.evaluate import score_archs
+    from edgenas.pipeline.search import checkpoint_data_config
     from edgenas.proxy import accuracy_stderr
     from edgenas.supernet import load_checkpoint
     from edgenas.train import resolve_device
@@ -540,7 +556,7 @@ def eval_cmd(ckpt: str, arch_strs: tuple[str, ...], sample: int, seed: int, spli
 
         torch.set_num_threads(threads)
     supernet, meta, _ = load_checkpoint(ckpt)
-    splits = load_dataset(_checkpoint_data_config(meta, ckpt, data_name, data_root))
+    splits = load_dataset(checkpoint_data_config(meta, ckpt, data_name, data_root))
     if rank_check:
         _rank_check(supernet, meta, splits, ckpt, rank_check, rank_epochs, rank_train_limit, rank_out, recal,
                     seed, threads, resolve_device(device), as_json)
@@ -605,69 +621,8 @@ def _rank_check(supernet: Any, meta: dict[str, Any], splits: Any, ckpt: str, cou
 
 
 # ----- search ---------------------------------------------------------------------------------------------
-def _find_table(space: Any, profile: Any, tables_dir: Path) -> Path:
-    """The table in ``tables_dir`` built for exactly this space config and profile (hashes match)."""
-    import json as _json
-
-    want_space, want_profile = space.config_hash(), profile.latency_hash()
-    for path in sorted(tables_dir.glob("*.json")) if tables_dir.is_dir() else []:
-        try:
-            head = _json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if (isinstance(head, dict) and (head.get("space") or {}).get("hash") == want_space
-                and (head.get("profile") or {}).get("latency_hash") == want_profile):
-            return path
-    c, h, w = profile.input_shape
-    width = getattr(space.config, "width_mult", 1.0)
-    raise EdgenasError(
-        f"no latency table in {tables_dir}/ for profile {profile.name} at {c}x{h}x{w} and this supernet's "
-        f"{space.name} space; build it: edgenas profile build --profile {profile.name} --space {space.name} "
-        f"--width-mult {width:g} --input-shape {c},{h},{w}"
-    )
-
-
-class _SearchProgress:
-    """Generation, best score and ETA on a terminal; one line per generation otherwise."""
-
-    def __init__(self, generations: int, quiet: bool) -> None:
-        from edgenas.search import SearchHook
-
-        outer = self
-
-        class Hook(SearchHook):
-            def on_generation_end(self, record: Any) -> None:
-                outer.generation(record)
-
-        self.hook = Hook()
-        self.generations, self.quiet = generations, quiet
-        self.seconds: list[float] = []
-
-    def generation(self, record: Any) -> None:
-        if self.quiet:
-            return
-        self.seconds.append(float(getattr(record, "seconds", 0.0)))
-        left = self.generations - (record.generation + 1)
-        eta = left * (sum(self.seconds) / len(self.seconds))
-        best = record.topk[0] if record.topk else None
-        best_text = "no legal candidate"
-        if best is not None:
-            best_text = f"best {best.score:.2%} {best.arch} ({best.metrics.get('latency_ms', float('nan')):.3f} ms)"
-        click.echo(f"generation {record.generation + 1}/{self.generations} | {best_text} | ETA {eta:.0f} s", err=True)
-
-
-def _check_latency_options(latency_ms: float | None, latency_quantile: float | None) -> None:
-    """One latency budget at most, and a quantile in (0, 1): refused before any work starts."""
-    if latency_quantile is None:
-        return
-    if latency_ms is not None:
-        raise ConfigError("give --latency-ms or --latency-quantile, not both")
-    from edgenas.hardware.table import check_quantile
-
-    check_quantile(latency_quantile)
-
-
 @cli.command()
+@_config_option
 @click.option("--profile", "profile_name", required=True, help="Hardware profile (edgenas profile list).")
 @click.option("--supernet", "ckpt", type=click.Path(dir_okay=False), default=None, help="Supernet checkpoint.")
 @click.option("--transfer-from", type=click.Path(dir_okay=False), default=None,
@@ -694,6 +649,10 @@ def _check_latency_options(latency_ms: float | None, latency_quantile: float | N
 @click.option("--mutation-prob", type=float, default=None)
 @click.option("--crossovers", type=int, default=None)
 @click.option("--seed", type=int, default=None)
+@click.option("--strategy", default="evolution", show_default=True,
+              help="Search strategy: evolution, random (random search, same evaluations) or a registered one.")
+@click.option("--scorer", default="supernet", show_default=True,
+              help="Candidate score: supernet (validation accuracy), params (parameter count) or a registered one.")
 @click.option("--shift/--no-shift", default=True, show_default=True,
               help="Supernet Shifting (default) or plain SPOS evolution.")
 @click.option("--shift-update", type=click.Choice(["generation", "candidate"]), default="generation",
@@ -711,109 +670,32 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
            mflops: float | None, params_m: float | None, data_name: str | None, data_root: str | None,
            resize: int | None, val_limit: int | None, population: int | None, generations: int | None, topk: int | None,
            mutations: int | None, mutation_prob: float | None, crossovers: int | None, seed: int | None,
-           shift: bool, shift_update: str, shift_batches: int | None, shift_lr: float | None, device: str,
-           out_dir: str, resume: bool, measure: bool, as_json: bool) -> None:
+           strategy: str, scorer: str, shift: bool, shift_update: str, shift_batches: int | None,
+           shift_lr: float | None, device: str, out_dir: str, resume: bool, measure: bool, as_json: bool) -> None:
     """Evolutionary search under the profile's budgets, with Supernet Shifting by default."""
-    from edgenas.config import from_mapping
-    from edgenas.data import load_dataset
-    from edgenas.hardware.profile import load_profile
-    from edgenas.hardware.table import (
-        LatencyTable,
-        check_budgets,
-        environment_warnings,
-        loose_budget_warnings,
-        quantile_budget,
-    )
-    from edgenas.search import EvolutionConfig, ShiftConfig, latency_cost, make_budget_constraints, run_search
+    from edgenas.pipeline import SearchJob
+    from edgenas.pipeline import search as search_stage
+    from edgenas.search import EvolutionConfig
     from edgenas.search.results import result_to_json
-    from edgenas.supernet import load_checkpoint
-    from edgenas.train import resolve_device
 
-    if (ckpt is None) == (transfer_from is None):
-        raise EdgenasError("give exactly one of --supernet CKPT or --transfer-from CKPT")
-    _check_latency_options(latency_ms, latency_quantile)
-    if transfer_from is not None and not shift:
-        raise EdgenasError("--transfer-from needs shifting: with --no-shift the new classifier would never be trained")
-    if freeze_backbone and transfer_from is None:
-        raise EdgenasError("--freeze-backbone only applies with --transfer-from")
-    source = ckpt or transfer_from
-    assert source is not None
-    _, meta, _ = load_checkpoint(source)
-    if transfer_from is not None and data_name is None:
-        raise EdgenasError("--transfer-from needs --data NEW (the dataset to transfer to)")
-    sized = {"resize": resize} if resize is not None else {}
-    data_cfg = _checkpoint_data_config(meta, source, data_name, data_root, val_limit=val_limit, **sized)
-    data = load_dataset(data_cfg)
-    notes: list[str] = []
-    if transfer_from is not None:
-        from edgenas.search import transfer_supernet
-
-        transferred = transfer_supernet(transfer_from, data, seed=seed or 0)
-        supernet, notes = transferred.supernet, list(transferred.notes)
-    else:
-        supernet, _, _ = load_checkpoint(source)
-    space = supernet.space
-    prof = load_profile(profile_name, input_shape=(data.in_channels, *data.input_size))
-    table_file = Path(table_path) if table_path else _find_table(space, prof, Path(tables_dir))
-    table = LatencyTable.load(table_file, space, prof)
-    _warn(environment_warnings(table, prof))
-    if latency_quantile is not None:
-        latency_ms = quantile_budget(table, space, latency_quantile)
-        if not as_json:
-            click.echo(f"latency budget {latency_ms:.4g} ms: the {latency_quantile:g} quantile of predicted latency "
-                       f"over 10,000 uniform architectures of {space.name} on {prof.name}", err=True)
-    budgets = prof.with_budgets(latency_ms=latency_ms, mflops=mflops, params_m=params_m).budgets
-    check_budgets(space, table, budgets, data.in_channels, data.num_classes, tuple(data.input_size))
-    _warn(loose_budget_warnings(space, table, budgets))
-    constraints = make_budget_constraints(
-        space, input_hw=tuple(data.input_size), in_channels=data.in_channels, num_classes=data.num_classes,
-        latency_ms=budgets.latency_ms, mflops=budgets.mflops, params_m=budgets.params_m,
-        latency=latency_cost(table, space))
-    evo_fields = {k: v for k, v in dict(population=population, generations=generations, topk=topk,
-                                        mutations=mutations, mutation_prob=mutation_prob, crossovers=crossovers,
-                                        seed=seed).items() if v is not None}
-    evolution = from_mapping(EvolutionConfig, evo_fields, where="search options")
-    shift_cfg = None
-    if shift:
-        shift_fields: dict[str, Any] = {"update": shift_update, "freeze_backbone": freeze_backbone}
-        if transfer_from is None:  # a transferred classifier starts untrained: it keeps the larger defaults
-            from edgenas.search.shifting import shift_budget_for
-
-            shift_fields.update(shift_budget_for(meta, evolution.population * evolution.generations))
-        if shift_batches is not None:
-            shift_fields["batches_per_candidate"] = shift_batches
-        if shift_lr is not None:
-            shift_fields["lr"] = shift_lr
-        shift_cfg = from_mapping(ShiftConfig, shift_fields, where="search options")
-    progress = _SearchProgress(evolution.generations, quiet=as_json)
-    for note in notes:
-        if not as_json:
-            click.echo(f"note: {note}", err=True)
-    result = run_search(
-        supernet, data, out_dir, constraints, shift=shift_cfg, evolution=evolution, device=resolve_device(device),
-        resume=resume, hooks=[progress.hook], data_config=data_cfg,
-        info={"profile": prof.name, "profile_hash": prof.latency_hash(), "table": str(table_file),
-              "table_validation": table.validation.to_json() if table.validation else None,
-              "source": str(source), "transfer": transfer_from is not None, "notes": notes,
-              "budgets": {"latency_ms": budgets.latency_ms, "mflops": budgets.mflops, "params_m": budgets.params_m,
-                          "latency_quantile": latency_quantile}})
-    measured = None
-    if measure:
-        from edgenas.search.results import write_search_json
-        from edgenas.search.verify import measure_finalists
-
-        if not as_json:
-            click.echo(f"measuring the top {len(result.topk)} end to end on {prof.name} ...", err=True)
-        measured = measure_finalists(space, result.topk, prof, num_classes=data.num_classes,
-                                     in_channels=data.in_channels, budget_ms=budgets.latency_ms)
-        result.info["measured"] = measured.to_json()
-        write_search_json(result, Path(out_dir) / "search.json")
+    job = SearchJob(profile=profile_name, supernet=ckpt, transfer_from=transfer_from, freeze_backbone=freeze_backbone,
+                    table=table_path, tables_dir=tables_dir, latency_ms=latency_ms, latency_quantile=latency_quantile,
+                    mflops=mflops, params_m=params_m, data=data_name, data_root=data_root, resize=resize,
+                    val_limit=val_limit, population=population, generations=generations, topk=topk,
+                    mutations=mutations, mutation_prob=mutation_prob, crossovers=crossovers, seed=seed,
+                    strategy=strategy, scorer=scorer, shift=shift, shift_update=shift_update,  # type: ignore[arg-type]
+                    shift_batches=shift_batches, shift_lr=shift_lr,
+                    device=device, out=out_dir, resume=resume, measure=measure)
+    planned = generations if generations is not None else EvolutionConfig().generations
+    outcome = search_stage(job, _console(quiet=as_json, generations=planned))
+    result, measured, table = outcome.result, outcome.measured, outcome.table
     if as_json:
         click.echo(json.dumps(result_to_json(result), indent=2))
         return
     best = result.best
     m = best.metrics
-    click.echo(f"best: {best.arch}  val accuracy {best.score:.2%}  predicted latency "
+    score = f"val accuracy {best.score:.2%}" if "accuracy" in best.metrics else f"{scorer} score {best.score:.6g}"
+    click.echo(f"best: {best.arch}  {score}  predicted latency "
                f"{m.get('latency_ms', float('nan')):.3f} ms  {m.get('mflops', float('nan')):.2f} MFLOPs"
                f"  {m.get('params_m', float('nan')):.3f} M params")
     if table.validation is not None:
@@ -840,6 +722,7 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
 
 # ----- extract ----------------------------------------------------------------------------------------------
 @cli.command()
+@_config_option
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--arch", "arch_str", default=None, help="Architecture string to extract [default: the search's best].")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
@@ -850,56 +733,20 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
 def extract(run_dir: str, arch_str: str | None, out_path: str | None, recal: int | None, device: str,
             as_json: bool) -> None:
     """The search's winner (or --arch) as a standalone network with the supernet's weights."""
-    from edgenas.data import iterate_batches, load_dataset
-    from edgenas.extract import data_facts, extract_subnet, load_run_supernet, resolve_run, save_subnet
-    from edgenas.supernet import evaluate
-    from edgenas.train import resolve_device, to_device
+    from edgenas.pipeline import ExtractJob
+    from edgenas.pipeline import extract as extract_stage
 
-    selection = resolve_run(run_dir, arch_str)
-    data = load_dataset(selection.data_config)
-    supernet, _ = load_run_supernet(selection)
-    scoring = dict(selection.search.get("config", {}).get("scoring") or {})
-    dev = resolve_device(device)
-    subnet = extract_subnet(supernet, selection.arch, data, recal=recal or int(scoring.get("recal_batches", 10)),
-                            batch_size=int(scoring.get("batch_size", 256)), seed=int(selection.search.get("seed") or 0),
-                            device=dev)
-    test = evaluate(lambda x: subnet(to_device(x, dev, True)),
-                    ((x, y.to(dev)) for x, y in iterate_batches(data.test, 256, shuffle=False)), subnet)
-    meta = {"data": data_facts(data, selection.data_config),
-            "source": {"run_dir": str(selection.run_dir), "supernet": str(selection.supernet_path),
-                       "search_best": selection.search["best"]["arch"]},
-            "inherited": {"test": {"accuracy": test["accuracy"], "count": int(test["count"])}}}
-    out = Path(out_path) if out_path else selection.run_dir / "subnet.pt"
-    save_subnet(out, subnet.cpu(), meta)
+    result = extract_stage(ExtractJob(run_dir=run_dir, arch=arch_str, out=out_path, recal=recal, device=device))
     if as_json:
-        click.echo(json.dumps({"path": str(out), **meta, "arch": selection.arch.to_str()}, indent=2))
+        click.echo(json.dumps(result.to_json(), indent=2))
         return
-    params = sum(p.numel() for p in subnet.parameters())
-    click.echo(f"extracted {selection.arch} ({params / 1e6:.3f} M params) from {selection.supernet_path}")
-    click.echo(f"inherited weights, BN recalibrated: test accuracy {test['accuracy']:.2%} "
-               f"on {int(test['count'])} {data.name} test images")
-    click.echo(f"wrote {out}")
+    click.echo(f"extracted {result.arch} ({result.params / 1e6:.3f} M params) from {result.supernet_path}")
+    click.echo(f"inherited weights, BN recalibrated: test accuracy {result.test_accuracy:.2%} "
+               f"on {result.test_count} {result.data} test images")
+    click.echo(f"wrote {result.path}")
 
 
 # ----- finetune ---------------------------------------------------------------------------------------------
-class _FinetuneReporter:
-    """One line per epoch on stderr (loss, val accuracy, lr, speed, ETA); silent with --json."""
-
-    def __init__(self, epochs: int, quiet: bool) -> None:
-        self.epochs, self.quiet = epochs, quiet
-        self.seconds: list[float] = []
-
-    def epoch(self, stats: Any) -> None:
-        if self.quiet:
-            return
-        self.seconds.append(stats.seconds)
-        eta = (self.epochs - stats.epoch - 1) * sum(self.seconds) / len(self.seconds)
-        kd = f" (kd {stats.kd_loss:.4f})" if stats.kd_loss is not None else ""
-        click.echo(f"epoch {stats.epoch + 1}/{self.epochs} | loss {stats.train_loss:.4f}{kd} acc "
-                   f"{stats.train_accuracy:.2%} | val acc {stats.val_accuracy:.2%}{' *' if stats.improved else ''} | "
-                   f"lr {stats.lr:.4g} | {stats.images_per_s:.0f} img/s | ETA {eta:.0f} s", err=True)
-
-
 def _recipe_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The training recipe of `finetune` and `baseline` (one recipe, so their results compare)."""
     for option in reversed([
@@ -925,6 +772,7 @@ def _recipe_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @cli.command()
+@_config_option
 @click.argument("ckpt", metavar="SUBNET_CKPT", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Output directory: last.pt, best.pt, subnet.pt, finetune.json.")
@@ -939,33 +787,24 @@ def _recipe_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def finetune(ckpt: str, out_dir: str, data_root: str | None, device: str, resume: bool, as_json: bool,
              **options: Any) -> None:
     """Fine-tune an extracted subnet (optionally distilling from its inherited weights); report test accuracy."""
-    from edgenas.config import from_mapping
-    from edgenas.data import DataConfig, load_dataset
-    from edgenas.extract import load_subnet
     from edgenas.finetune import FinetuneConfig
-    from edgenas.finetune import finetune as run_finetune
-    from edgenas.train import resolve_device
+    from edgenas.pipeline import FinetuneJob
+    from edgenas.pipeline import finetune as finetune_stage
 
     config = FinetuneConfig(**{k: v for k, v in options.items() if v is not None})
-    subnet, meta, _ = load_subnet(ckpt)
-    saved = (meta.get("data") or {}).get("config")
-    if not isinstance(saved, dict):
-        raise ConfigError(f"{ckpt} records no data config; extract it again with `edgenas extract`")
-    root = {"root": data_root} if data_root is not None else {}
-    data = load_dataset(from_mapping(DataConfig, {**saved, "train_limit": None, **root}, where=f"{ckpt}: data"))
-    reporter = _FinetuneReporter(config.epochs, quiet=as_json)
-    result = run_finetune(subnet, data, config, out_dir, resume=resume, device=resolve_device(device),
-                          on_epoch=reporter.epoch, meta=meta)
+    outcome = finetune_stage(FinetuneJob(subnet=ckpt, out=out_dir, config=config, data_root=data_root, device=device,
+                                         resume=resume), _console(quiet=as_json, epochs=config.epochs))
+    result = outcome.result
     if as_json:
         click.echo(json.dumps(result.report, indent=2))
         return
     how = "from scratch" if result.from_scratch else "from inherited weights"
     how += ", distilled from the inherited subnet" if result.distill else ""
     stop = " (stopped early)" if result.stopped_early else ""
-    click.echo(f"fine-tuned {subnet.arch} {how}: {result.epochs_run} epoch(s){stop}, best epoch "
+    click.echo(f"fine-tuned {outcome.arch} {how}: {result.epochs_run} epoch(s){stop}, best epoch "
                f"{result.best_epoch + 1}, val accuracy {result.val_accuracy:.2%}")
     gain = 100 * (result.test_accuracy - result.before_test_accuracy)
-    click.echo(f"test accuracy {result.test_accuracy:.2%} on {result.test_count} {data.name} test images; "
+    click.echo(f"test accuracy {result.test_accuracy:.2%} on {result.test_count} {outcome.data} test images; "
                f"before fine-tuning {result.before_test_accuracy:.2%} on {result.before_test_count} "
                f"({gain:+.2f} points)")
     click.echo(f"wrote {result.checkpoint} (also best.pt, last.pt, finetune.json in {out_dir}) in "
@@ -973,6 +812,7 @@ def finetune(ckpt: str, out_dir: str, data_root: str | None, device: str, resume
 
 
 @cli.command()
+@_config_option
 @click.option("--family", required=True,
               help="Hand-designed network family: mobilenetv3-small (torchvision), lcnet or mobilenetv4-small (timm); "
                    "randomly initialised.")
@@ -1017,9 +857,9 @@ def baseline(family: str, data_name: str, data_root: str | None, val_limit: int 
             _progress(f"measuring {len(models)} widths of {family} on {prof.name} ...")
             return timed(models)
 
-    reporter = _FinetuneReporter(config.epochs, quiet=as_json)
     run = train_baseline(family, data, config, out_dir, width=width, budget_ms=budget, measure=measure,
-                         resume=resume, device=resolve_device(device), on_epoch=reporter.epoch,
+                         resume=resume, device=resolve_device(device),
+                         on_epoch=_console(quiet=as_json, epochs=config.epochs).finetune_epoch,
                          meta={"data": data_facts(data, data_cfg)})
     result, choice = run.result, run.choice
     if as_json:
@@ -1037,6 +877,7 @@ def baseline(family: str, data_name: str, data_root: str | None, val_limit: int 
 
 # ----- export -----------------------------------------------------------------------------------------------
 @cli.command("export")
+@_config_option
 @click.argument("subnet_ckpt", type=click.Path(dir_okay=False))
 @click.option("--name", required=True, help="Bundle name: the folder written under --out-dir.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default="export", show_default=True)
@@ -1054,12 +895,14 @@ def baseline(family: str, data_name: str, data_root: str | None, val_limit: int 
 def export_cmd(subnet_ckpt: str, name: str, out_dir: str, opset: int, int8: bool, simplify: bool, calib_images: int,
                parity_images: int | None, profile_name: str, no_measure: bool, force: bool, as_json: bool) -> None:
     """A subnet checkpoint as a checked ONNX bundle: model.onnx, model.int8.onnx, manifest.json."""
-    from edgenas.export import ExportConfig, export_bundle
+    from edgenas.export import ExportConfig
+    from edgenas.pipeline import ExportJob
+    from edgenas.pipeline import export as export_stage
 
     config = ExportConfig(name=name, out_dir=out_dir, opset=opset, int8=int8, simplify=simplify,
                           calib_images=calib_images, parity_images=parity_images, profile=profile_name,
                           measure=not no_measure)
-    result = export_bundle(subnet_ckpt, config, overwrite=force, on_progress=_progress)
+    result = export_stage(ExportJob(subnet=subnet_ckpt, config=config, overwrite=force), _console())
     m = result.manifest
     if as_json:
         click.echo(json.dumps({"bundle_dir": str(result.bundle_dir), **m}, indent=2))
@@ -1088,6 +931,7 @@ def export_cmd(subnet_ckpt: str, name: str, out_dir: str, opset: int, int8: bool
 
 # ----- check ------------------------------------------------------------------------------------------------
 @cli.command("check")
+@_config_option
 @click.argument("bundle")
 @click.option("--profile", "profile_name", required=True, help="An onnxruntime profile name or YAML path.")
 @click.option("--tolerance", default="10%", show_default=True,
@@ -1120,28 +964,25 @@ def check(ctx: click.Context, bundle: str, profile_name: str, tolerance: str, tr
 
     Exit codes: 0 pass, 1 regression, 2 usage or input error.
     """
-    from edgenas.check import CheckConfig, check_bundle, format_baseline, parse_tolerance, update_baseline
-    from edgenas.hardware.profile import load_profile
-    from edgenas.io import atomic_write_text
+    from edgenas.check import CheckConfig, format_baseline, parse_tolerance
+    from edgenas.pipeline import CheckJob
+    from edgenas.pipeline import check as check_stage
 
-    config = CheckConfig(tolerance=parse_tolerance(tolerance), trials=trials)
-    if update and junit_path is not None:
-        raise ConfigError("--junit reports a check; it does not apply to --update")
-    p = load_profile(profile_name)
-    if update:
-        baseline = update_baseline(bundle, p, config, on_progress=_progress)
-        click.echo(json.dumps(baseline.to_json(), indent=2) if as_json
-                   else format_baseline(baseline, Path(bundle) / "manifest.json"))
+    job = CheckJob(bundle=bundle, profile=profile_name, update=update, junit=junit_path,
+                   config=CheckConfig(tolerance=parse_tolerance(tolerance), trials=trials))
+    outcome = check_stage(job, _console())
+    if outcome.baseline is not None:
+        click.echo(json.dumps(outcome.baseline.to_json(), indent=2) if as_json
+                   else format_baseline(outcome.baseline, Path(bundle) / "manifest.json"))
         return
-    report = check_bundle(bundle, p, config, on_progress=_progress)
-    if junit_path is not None:
-        atomic_write_text(junit_path, report.to_junit())
+    report = outcome.report
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.render(use_rich=sys.stdout.isatty()))
     ctx.exit(report.exit_code)
 
 
 # ----- run --------------------------------------------------------------------------------------------------
 @cli.command("run")
+@_config_option
 @click.option("--profile", "profile_name", required=True, help="Hardware profile (edgenas profile list).")
 @click.option("--data", "data_name", default="fashion-mnist", show_default=True)
 @click.option("--data-root", default=None)
@@ -1177,8 +1018,7 @@ def check(ctx: click.Context, bundle: str, profile_name: str, tolerance: str, tr
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/run", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run at its first unfinished stage.")
-@click.pass_context
-def run_cmd(ctx: click.Context, profile_name: str, data_name: str, data_root: str | None, latency_ms: float | None,
+def run_cmd(profile_name: str, data_name: str, data_root: str | None, latency_ms: float | None,
             latency_quantile: float | None, mflops: float | None, params_m: float | None, space_name: str,
             width_mult: float, epochs: int, weights: str, recipe: str, train_limit: int | None, population: int,
             generations: int, topk: int, mutations: int, crossovers: int, val_limit: int, shift: bool,
@@ -1191,95 +1031,22 @@ def run_cmd(ctx: click.Context, profile_name: str, data_name: str, data_root: st
     what is done, so --resume continues at the first unfinished stage (training, search and
     fine-tuning also resume inside the stage). Ends with a summary table and report.md.
     """
-    from edgenas.check import CheckConfig, check_bundle, update_baseline
-    from edgenas.hardware.profile import load_profile
-    from edgenas.report import StageLog, pipeline_summary, render_report
-    from edgenas.space import default_preset
+    from edgenas.pipeline import RunJob
+    from edgenas.pipeline import run as run_pipeline
 
-    out = Path(out_dir)
-    settings = dict(
-        profile=profile_name, data=data_name, latency_ms=latency_ms, latency_quantile=latency_quantile,
-        mflops=mflops, params_m=params_m, space=space_name, width_mult=width_mult, epochs=epochs, weights=weights,
-        recipe=recipe, train_limit=train_limit, population=population, generations=generations, topk=topk,
-        mutations=mutations, crossovers=crossovers, val_limit=val_limit, shift=shift, finetune_epochs=finetune_epochs,
-        int8=int8, seed=seed)
-    prof = load_profile(profile_name)  # fail on a bad profile before any work
-    _check_latency_options(latency_ms, latency_quantile)
-    if prof.runtime != "onnxruntime":
-        raise ConfigError(f"edgenas run exports ONNX bundles; profile '{prof.name}' runs {prof.runtime}: "
-                          "choose an onnxruntime profile (edgenas profile list)")
-    log = StageLog.open(out, settings, resume)
-    bundle_name = name or out.resolve().name
-    paths = {"supernet": out / "supernet", "search": out / "search", "subnet": out / "search" / "subnet.pt",
-             "finetune": out / "finetune", "export": Path(export_dir) if export_dir else out / "export"}
-
-    def stage(key: str, title: str) -> float | None:
-        if log.done(key):
-            click.echo(f"== {title}: done, skipped", err=True)
-            return None
-        click.echo(f"== {title}", err=True)
-        return log.begin(key)
-
-    if (t := stage("train", "1/7 train the supernet")) is not None:
-        ctx.invoke(train, space_name=space_name, width_mult=width_mult, data_name=data_name, data_root=data_root,
-                   train_limit=train_limit, epochs=epochs, weights=weights, recipe=recipe, seed=seed, threads=threads,
-                   device=device,
-                   out_dir=str(paths["supernet"]), resume=(paths["supernet"] / "supernet.pt").exists())
-        log.finish("train", t, checkpoint=str(paths["supernet"] / "supernet.pt"))
-    if (t := stage("table", "2/7 latency table")) is not None:
-        from edgenas.data import DataConfig, load_dataset
-        from edgenas.supernet import load_checkpoint
-
-        supernet, _, _ = load_checkpoint(paths["supernet"] / "supernet.pt")
-        splits = load_dataset(DataConfig(name=data_name, root=data_root))
-        target = load_profile(profile_name, input_shape=(splits.in_channels, *splits.input_size))
-        try:
-            table_path = _find_table(supernet.space, target, Path(tables_dir))
-            note = "reused"
-        except EdgenasError:
-            c, h, w = target.input_shape
-            preset = default_preset((h, w))  # as `edgenas train` chose it
-            table_path = Path(tables_dir) / f"{target.name}_{space_name}_{preset}_w{width_mult:g}_{h}x{w}.json"
-            ctx.invoke(profile_build, profile_name=profile_name, space_name=space_name, preset=preset,
-                       width_mult=width_mult, input_shape=f"{c},{h},{w}", out=str(table_path), force=True)
-            note = "built"
-        log.finish("table", t, table=str(table_path), note=note)
-    if (t := stage("search", "3/7 search")) is not None:
-        ctx.invoke(search, profile_name=profile_name, ckpt=str(paths["supernet"] / "supernet.pt"),
-                   tables_dir=tables_dir, latency_ms=latency_ms, latency_quantile=latency_quantile, mflops=mflops,
-                   params_m=params_m, data_root=data_root, val_limit=val_limit, population=population,
-                   generations=generations, topk=topk, mutations=mutations, crossovers=crossovers, seed=seed,
-                   shift=shift, device=device, out_dir=str(paths["search"]),
-                   resume=(paths["search"] / "checkpoint.pt").exists())
-        log.finish("search", t, search_json=str(paths["search"] / "search.json"),
-                   plot=str(paths["search"] / "candidates.png"))
-    if (t := stage("extract", "4/7 extract the winner")) is not None:
-        ctx.invoke(extract, run_dir=str(paths["search"]), out_path=str(paths["subnet"]), device=device)
-        log.finish("extract", t, subnet=str(paths["subnet"]))
-    if (t := stage("finetune", "5/7 fine-tune")) is not None:
-        ctx.invoke(finetune, ckpt=str(paths["subnet"]), out_dir=str(paths["finetune"]), epochs=finetune_epochs,
-                   train_limit=train_limit, seed=seed, threads=threads, device=device, data_root=data_root,
-                   resume=(paths["finetune"] / "last.pt").exists())
-        log.finish("finetune", t, finetune_json=str(paths["finetune"] / "finetune.json"))
-    bundle = paths["export"] / bundle_name
-    if (t := stage("export", "6/7 export the ONNX bundle")) is not None:
-        ctx.invoke(export_cmd, subnet_ckpt=str(paths["finetune"] / "subnet.pt"), name=bundle_name,
-                   out_dir=str(paths["export"]), int8=int8, profile_name=profile_name, force=True)
-        log.finish("export", t, bundle=str(bundle), manifest=str(bundle / "manifest.json"))
-    if (t := stage("check", "7/7 latency baseline and regression check")) is not None:
-        config = CheckConfig()
-        update_baseline(bundle, prof, config, on_progress=_progress)
-        report = check_bundle(bundle, prof, config, on_progress=_progress)
-        click.echo(report.render(use_rich=False), err=True)
-        log.finish("check", t, verdict=report.verdict, exit_code=report.exit_code)
-    path = render_report(out, log)
+    job = RunJob(profile=profile_name, data=data_name, data_root=data_root, latency_ms=latency_ms,
+                 latency_quantile=latency_quantile, mflops=mflops, params_m=params_m, space=space_name,
+                 width_mult=width_mult, epochs=epochs, weights=weights, recipe=recipe,  # type: ignore[arg-type]
+                 train_limit=train_limit, population=population, generations=generations, topk=topk,
+                 mutations=mutations, crossovers=crossovers, val_limit=val_limit, shift=shift,
+                 finetune_epochs=finetune_epochs, int8=int8, name=name, export_dir=export_dir, tables_dir=tables_dir,
+                 seed=seed, threads=threads, device=device, out=out_dir, resume=resume)
+    outcome = run_pipeline(job, _console(epochs=epochs, generations=generations))
     click.echo("")
-    width = max(len(k) for k, _ in pipeline_summary(out, log)) if log.stages else 10
-    for key, value in pipeline_summary(out, log):
+    width = max((len(k) for k, _ in outcome.summary), default=10)
+    for key, value in outcome.summary:
         click.echo(f"{key:<{width}}  {value.replace('`', '')}")
-    total = sum(float(r.get("seconds", 0.0)) for r in log.stages.values())
-    click.echo(f"\nbundle {bundle}; report {path}; {total:.0f} s in all")
-
+    click.echo(f"\nbundle {outcome.bundle}; report {outcome.report}; {outcome.seconds:.0f} s in all")
 
 
 def main() -> None:

@@ -41,8 +41,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from edgenas.errors import DataError
+from edgenas.registry import Registry
 
-__all__ = ["ArrayDataset", "DataConfig", "DatasetSplits", "iterate_batches", "list_datasets", "load_dataset"]
+__all__ = ["DATASETS", "ArrayDataset", "DataConfig", "DatasetSplits", "iterate_batches", "list_datasets",
+           "load_dataset"]
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -190,33 +192,24 @@ class DatasetSplits:
 Loader = Callable[[DataConfig, str | None], DatasetSplits]
 
 
-def _registry() -> dict[str, Loader]:
-    """Name -> loader; built on demand so importing this module has no side effects.
-
-    Keys ending in ``:PATH`` take the text after the colon as their argument.
-    """
-    return {
-        "fashion-mnist": _load_fashion_mnist,
-        "digits": _load_digits,
-        "mnist": _load_mnist,
-        "cifar10": _load_cifar10,
-        "imagefolder:PATH": _load_imagefolder,
-        "npz:PATH": _load_npz,
-    }
+DATASETS: Registry[Loader] = Registry("dataset", DataError)
+"""Name -> ``loader(config, argument)``. A name ending in ``:PATH`` takes the text after the colon as its
+argument (``npz:/data/x.npz``); a loader returns :class:`DatasetSplits` or raises :class:`DataError`.
+The built-ins are registered at the end of this module."""
 
 
 def _known_names() -> str:
-    return ", ".join(_registry())
+    return ", ".join(DATASETS.names())
 
 
 def list_datasets() -> list[str]:
     """The names :func:`load_dataset` accepts; ``PATH`` stands for a filesystem path."""
-    return list(_registry())
+    return DATASETS.names()
 
 
 def load_dataset(cfg: DataConfig) -> DatasetSplits:
     """Load ``cfg.name`` and split it; raises :class:`DataError` with a fix for anything the user can fix."""
-    registry = _registry()
+    registry = {name: DATASETS.get(name) for name in DATASETS}
     prefix, sep, arg = cfg.name.partition(":")
     if sep:
         loader = registry.get(f"{prefix}:PATH")
@@ -761,3 +754,11 @@ def _load_imagefolder(cfg: DataConfig, arg: str | None) -> DatasetSplits:
         mean=mean,
         std=std,
     )
+
+
+DATASETS.register("fashion-mnist", _load_fashion_mnist)
+DATASETS.register("digits", _load_digits)
+DATASETS.register("mnist", _load_mnist)
+DATASETS.register("cifar10", _load_cifar10)
+DATASETS.register("imagefolder:PATH", _load_imagefolder)
+DATASETS.register("npz:PATH", _load_npz)

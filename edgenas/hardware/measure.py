@@ -43,8 +43,10 @@ from torch import nn
 from edgenas.errors import ConfigError, EdgenasError
 from edgenas.hardware._threads import torch_threads
 from edgenas.hardware.profile import Profile
+from edgenas.registry import Registry
 
 __all__ = [
+    "RUNTIMES",
     "LatencyMeasurer",
     "LatencyStats",
     "OrtMeasurer",
@@ -464,23 +466,24 @@ class TorchCudaMeasurer(LatencyMeasurer):
             torch.backends.cudnn.benchmark = bench
 
 
-def _measurers() -> dict[tuple[str, str], type[LatencyMeasurer]]:
-    return {
-        ("onnxruntime", "cpu"): OrtMeasurer,
-        ("onnxruntime", "cuda"): OrtMeasurer,
-        ("torch", "cpu"): TorchCpuMeasurer,
-        ("torch", "cuda"): TorchCudaMeasurer,
-    }
+RUNTIMES: Registry[Callable[[Profile], LatencyMeasurer]] = Registry("runtime", ConfigError)
+"""Runtime name (a profile's ``runtime``) -> ``factory(profile) -> LatencyMeasurer``. A factory refuses
+a device it cannot time on with a one-line :class:`ConfigError`. Registered at the end of this module."""
+
+
+def _by_device(name: str, classes: dict[str, type[LatencyMeasurer]]) -> Callable[[Profile], LatencyMeasurer]:
+    def create(profile: Profile) -> LatencyMeasurer:
+        if profile.device not in classes:
+            raise ConfigError(f"no latency measurer for runtime {name} on {profile.device} "
+                              f"(runtime {name} measures on: {', '.join(classes)})")
+        return classes[profile.device](profile)
+
+    return create
 
 
 def create_measurer(profile: Profile) -> LatencyMeasurer:
-    """The measurer for a profile's (runtime, device); raises if the runtime or device is missing here."""
-    registry = _measurers()
-    key = (profile.runtime, profile.device)
-    if key not in registry:
-        known = ", ".join(f"{r}/{d}" for r, d in registry)
-        raise ConfigError(f"no latency measurer for runtime {key[0]} on {key[1]} (known: {known})")
-    return registry[key](profile)
+    """The measurer for a profile's runtime and device; raises if the runtime or device is missing here."""
+    return RUNTIMES.get(profile.runtime)(profile)
 
 
 # ----- ONNX helpers ---------------------------------------------------------------------------------------------
@@ -600,3 +603,7 @@ def runtime_versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "onnx": onnx.__version__, "numpy": np.__version__}
+
+
+RUNTIMES.register("onnxruntime", _by_device("onnxruntime", {"cpu": OrtMeasurer, "cuda": OrtMeasurer}))
+RUNTIMES.register("torch", _by_device("torch", {"cpu": TorchCpuMeasurer, "cuda": TorchCudaMeasurer}))

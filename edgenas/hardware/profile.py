@@ -81,7 +81,7 @@ class Profile:
 
     name: str
     device: Literal["cpu", "cuda"]
-    runtime: Literal["onnxruntime", "torch"]
+    runtime: str  # a name in edgenas.hardware.measure.RUNTIMES
     input_shape: tuple[int, int, int]
     description: str = ""
     provider: str | None = None
@@ -97,7 +97,9 @@ class Profile:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
-        for key, allowed in (("device", ("cpu", "cuda")), ("runtime", ("onnxruntime", "torch")),
+        from edgenas.hardware.measure import RUNTIMES
+
+        for key, allowed in (("device", ("cpu", "cuda")), ("runtime", tuple(RUNTIMES.names())),
                              ("precision", ("fp32", "fp16", "int8")),
                              ("graph_optimization", ("disable", "basic", "extended", "all"))):
             value = getattr(self, key)
@@ -124,7 +126,7 @@ class Profile:
                 _check(self.device == "cpu", f"'provider' CPUExecutionProvider needs device cpu, not {self.device}")
         else:
             _check(self.provider is None,
-                   f"'provider' must be left out for runtime torch (it is an onnxruntime setting), "
+                   f"'provider' must be left out for runtime {self.runtime} (it is an onnxruntime setting), "
                    f"not {self.provider!r}")
         _check(self.precision != "int8" or self.runtime == "onnxruntime",
                "'precision' int8 needs runtime onnxruntime (models are quantized with onnxruntime.quantization)")

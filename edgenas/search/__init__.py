@@ -36,13 +36,17 @@ from edgenas.search.results import (
     write_candidates_csv,
     write_search_json,
 )
-from edgenas.search.scoring import ScoreConfig, SupernetScorer
+from edgenas.search.scoring import SCORERS, CachedScorer, ScoreConfig, SupernetScorer
 from edgenas.search.shifting import ShiftConfig, SupernetShifting
+from edgenas.search.strategies import STRATEGIES
 from edgenas.search.transfer import TransferResult, adapt_stem_input, transfer_supernet
 
 __all__ = [
+    "SCORERS",
+    "STRATEGIES",
     "AdditiveCost",
     "Budget",
+    "CachedScorer",
     "Candidate",
     "Constraint",
     "EvolutionConfig",

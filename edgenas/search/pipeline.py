@@ -30,10 +30,11 @@ from edgenas.data import DataConfig, DatasetSplits
 from edgenas.errors import CheckpointError
 from edgenas.proxy import proxy_health
 from edgenas.search.constraints import Budget, budget_sampler, check_feasible
-from edgenas.search.evolution import Constraint, EvolutionarySearch, EvolutionConfig, SearchHook, constraint_label
+from edgenas.search.evolution import Constraint, EvolutionConfig, SearchHook, constraint_label
 from edgenas.search.results import SearchResult, plot_candidates, write_candidates_csv, write_search_json
-from edgenas.search.scoring import ScoreConfig, SupernetScorer
+from edgenas.search.scoring import SCORERS, CachedScorer, ScoreConfig
 from edgenas.search.shifting import ShiftConfig, SupernetShifting
+from edgenas.search.strategies import STRATEGIES
 from edgenas.space import space_to_dict
 from edgenas.supernet import Supernet, load_checkpoint, save_checkpoint
 from edgenas.train import resolve_device
@@ -54,9 +55,14 @@ def _describe(constraint: Constraint) -> dict[str, Any]:
 
 
 def _settings(supernet: Supernet, data: DatasetSplits, constraints: Sequence[Constraint], evolution: EvolutionConfig,
-              shift: ShiftConfig | None, scoring: ScoreConfig, channels_last: bool) -> dict[str, Any]:
-    """What decides the result; a resume must match it (device and threads do not matter)."""
+              shift: ShiftConfig | None, scoring: ScoreConfig, channels_last: bool, strategy: str,
+              scorer: str) -> dict[str, Any]:
+    """What decides the result; a resume must match it (device and threads do not matter). The strategy
+    and scorer appear only when they are not the defaults, so runs from before they existed resume."""
+    chosen = {k: v for k, v in (("strategy", strategy), ("scorer", scorer))
+              if v != {"strategy": "evolution", "scorer": "supernet"}[k]}
     return {
+        **chosen,
         "evolution": to_mapping(evolution),
         "shift": to_mapping(shift) if shift is not None else None,
         "scoring": to_mapping(scoring),
@@ -95,6 +101,8 @@ def run_search(
     hooks: Sequence[SearchHook] = (),
     data_config: DataConfig | None = None,
     info: Mapping[str, Any] | None = None,
+    strategy: str = "evolution",
+    scorer: str = "supernet",
 ) -> SearchResult:
     """Search ``supernet``'s space on ``data`` under ``constraints``; write the run to ``out_dir``.
 
@@ -103,7 +111,11 @@ def run_search(
     ``supernet`` is moved to ``device`` (and ``channels_last``) in place. ``hooks`` run after the
     shifting hook (e.g. a progress display). ``info`` (profile, source checkpoint, transfer notes,
     ...) is copied into ``search.json`` and the checkpoints' metadata, so it must be JSON-able.
+    ``strategy`` and ``scorer`` are names in :data:`~edgenas.search.strategies.STRATEGIES` and
+    :data:`~edgenas.search.scoring.SCORERS`; a deterministic scorer is cached when the supernet does
+    not shift (each architecture scored once, re-scoring included).
     """
+    make_strategy, make_scorer = STRATEGIES.get(strategy), SCORERS.get(scorer)
     evolution = evolution or EvolutionConfig()
     scoring = scoring or ScoreConfig()
     out = Path(out_dir)
@@ -118,13 +130,15 @@ def run_search(
     supernet.to(dev)
     if channels_last:
         supernet.to(memory_format=torch.channels_last)  # before the optimiser exists: same tensors throughout
-    scorer = SupernetScorer(supernet, data, scoring, seed=evolution.seed, device=dev, channels_last=channels_last)
+    score = make_scorer(supernet, data, scoring, seed=evolution.seed, device=dev, channels_last=channels_last)
+    if shift is None and getattr(score, "deterministic", False):
+        score = CachedScorer(score)
     shifting = (SupernetShifting(supernet, data, shift, seed=evolution.seed, device=dev, channels_last=channels_last)
                 if shift is not None else None)
-    search = EvolutionarySearch(supernet.space, scorer, constraints, evolution,
-                                [*([shifting] if shifting is not None else []), *hooks],
-                                sampler=budget_sampler(supernet.space, constraints))
-    settings = _settings(supernet, data, constraints, evolution, shift, scoring, channels_last)
+    search = make_strategy(supernet.space, score, constraints, evolution,
+                           [*([shifting] if shifting is not None else []), *hooks],
+                           sampler=budget_sampler(supernet.space, constraints))
+    settings = _settings(supernet, data, constraints, evolution, shift, scoring, channels_last, strategy, scorer)
     extra = dict(info or {})
     data_meta = to_mapping(data_config) if data_config is not None else {"name": data.name}
 
@@ -137,7 +151,7 @@ def run_search(
         supernet.load_state_dict(saved.state_dict())
         search.load_state_dict(train_state["search"])
 
-    def checkpoint(s: EvolutionarySearch) -> None:
+    def checkpoint(s: Any) -> None:
         meta = {"data": data_meta, "search": {"settings": settings, "generation": s.generation}, "info": extra}
         save_checkpoint(ckpt_path, supernet, meta, {"search": s.state_dict()})
 
@@ -152,10 +166,13 @@ def run_search(
             "batches_trained": shifting.batches_trained},
         "supernet": SUPERNET_NAME if shifting is not None else None,
         "seconds_this_session": time.perf_counter() - start,
+        "strategy": strategy,
+        "scorer": {"name": scorer, "evaluations_this_session": int(getattr(score, "evaluations", 0)),
+                   "cache_hits_this_session": int(getattr(score, "hits", 0))},
         "proxy_health": proxy_health(
             [c.score for c in result.topk], len(data.val),  # type: ignore[arg-type]
             available=len(data.val) if data_config is None or data_config.val_limit is None else None,  # type: ignore[arg-type]
-        ).to_json(),
+        ).to_json() if all("accuracy" in c.metrics for c in result.topk) else None,  # only accuracy has a stderr
     }
     if shifting is not None:
         save_checkpoint(out / SUPERNET_NAME, supernet,

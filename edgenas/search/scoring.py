@@ -1,24 +1,33 @@
-"""Score candidates with a supernet: read-only, on the held-out validation split.
+"""Scorers: architecture -> score (higher is better), read-only; a registry and a cache.
 
-A thin adapter from :func:`edgenas.evaluate.score_archs` (BN recalibrated on fixed training
-batches inside a context that restores the supernet's buffers) to the loop's scorer contract.
-It never takes a gradient or an optimiser step (STYLE 3): Supernet Shifting is a separate hook.
-The validation split is carved from the training data; the test split is never looked at here.
+:class:`SupernetScorer` is a thin adapter from :func:`edgenas.evaluate.score_archs` (BN
+recalibrated on fixed training batches inside a context that restores the supernet's buffers) to
+the loop's scorer contract. It never takes a gradient or an optimiser step (STYLE 3): Supernet
+Shifting is a separate hook. The validation split is carved from the training data; the test split
+is never looked at here.
+
+``SCORERS`` maps ``--scorer`` names to factories with one signature (see :data:`ScorerFactory`).
+A scorer that sets ``deterministic = True`` returns the same value for the same architecture as
+long as the supernet's weights do not change; :class:`CachedScorer` then scores each architecture
+once (the search wraps it so when it does not shift the supernet).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from edgenas.data import DatasetSplits
 from edgenas.errors import ConfigError
 from edgenas.evaluate import prepare_scoring, score_arch
+from edgenas.registry import Registry
 from edgenas.space import Arch
 from edgenas.supernet import Supernet
 
-__all__ = ["ScoreConfig", "SupernetScorer"]
+__all__ = ["SCORERS", "CachedScorer", "ParamsScorer", "ScoreConfig", "ScorerFactory", "SupernetScorer"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,8 @@ class ScoreConfig:
 
 class SupernetScorer:
     """``scorer(arch) -> (val accuracy, {accuracy, error, loss})`` for :class:`EvolutionarySearch`."""
+
+    deterministic = True  # fixed recalibration batches and evaluation order
 
     def __init__(self, supernet: Supernet, data: DatasetSplits, config: ScoreConfig | None = None, *,
                  seed: int = 0, device: torch.device | None = None, channels_last: bool = True) -> None:
@@ -57,3 +68,53 @@ class SupernetScorer:
                          device=device, channels_last=self.channels_last)
         self.evaluations += 1
         return res.accuracy, {"accuracy": res.accuracy, "error": 1.0 - res.accuracy, "loss": res.loss}
+
+
+class ParamsScorer:
+    """``scorer(arch) -> parameter count``: the zero-cost baseline a proxy has to beat (larger networks
+    tend to be more accurate, and under a budget the search then fills it). Needs no training."""
+
+    deterministic = True
+
+    def __init__(self, supernet: Supernet, data: DatasetSplits) -> None:
+        from edgenas.search.constraints import params_cost
+
+        self._cost = params_cost(supernet.space, data.in_channels, data.num_classes)
+        self.evaluations = 0
+
+    def __call__(self, arch: Arch) -> tuple[float, dict[str, float]]:
+        self.evaluations += 1
+        params = float(self._cost(arch))
+        return params, {"params": params}
+
+
+#: ``factory(supernet, data, config, *, seed, device, channels_last) -> scorer``
+ScorerFactory = Callable[..., Callable[[Arch], Any]]
+
+SCORERS: Registry[ScorerFactory] = Registry("scorer", ConfigError)
+SCORERS.register("supernet", SupernetScorer)
+SCORERS.register("params", lambda supernet, data, config=None, **_: ParamsScorer(supernet, data))
+
+
+class CachedScorer:
+    """Scores each architecture once; only for a deterministic scorer on weights that do not change."""
+
+    deterministic = True
+
+    def __init__(self, scorer: Callable[[Arch], Any]) -> None:
+        self.scorer = scorer
+        self.cache: dict[Arch, Any] = {}
+        self.hits = 0
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.cache)
+
+    def __call__(self, arch: Arch) -> Any:
+        if arch in self.cache:
+            self.hits += 1
+            value = self.cache[arch]
+            return (value[0], dict(value[1])) if isinstance(value, tuple) and isinstance(value[1], Mapping) else value
+        value = self.scorer(arch)
+        self.cache[arch] = value
+        return value

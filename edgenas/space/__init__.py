@@ -11,12 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 from edgenas.errors import SpaceError
+from edgenas.registry import Registry
 from edgenas.space.arch import Arch
 from edgenas.space.base import LayerSpec, SearchSpace, Subnet
 from edgenas.space.mbv3 import Mbv3Config, Mbv3Space, StageConfig
 from edgenas.space.spos import SposConfig, SposSpace
 
 __all__ = [
+    "SPACES",
     "Arch",
     "LayerSpec",
     "Mbv3Config",
@@ -34,12 +36,14 @@ __all__ = [
 ]
 
 
-def _registry() -> dict[str, tuple[type[SearchSpace], Callable[..., Any]]]:
-    return {"mbv3": (Mbv3Space, Mbv3Config.preset), "spos": (SposSpace, SposConfig.preset)}
+SPACES: Registry[tuple[type[SearchSpace], Callable[..., Any]]] = Registry("search space", SpaceError)
+"""Space name -> (space class, ``preset(name, **overrides) -> config``)."""
+SPACES.register("mbv3", (Mbv3Space, Mbv3Config.preset))
+SPACES.register("spos", (SposSpace, SposConfig.preset))
 
 
 def list_spaces() -> list[str]:
-    return sorted(_registry())
+    return sorted(SPACES.names())
 
 
 def default_preset(input_hw: tuple[int, int]) -> str:
@@ -49,10 +53,7 @@ def default_preset(input_hw: tuple[int, int]) -> str:
 
 def create_space(name: str, preset: str = "small", **overrides: Any) -> SearchSpace:
     """Build a space by registry name from a preset, with config fields overridden by keyword."""
-    registry = _registry()
-    if name not in registry:
-        raise SpaceError(f"unknown search space '{name}'; known: {', '.join(sorted(registry))}")
-    cls, make_config = registry[name]
+    cls, make_config = SPACES.get(name)
     try:
         return cls(make_config(preset, **overrides))
     except TypeError as exc:
@@ -70,10 +71,7 @@ def space_from_dict(data: dict[str, Any]) -> SearchSpace:
         name, version, config = data["name"], int(data["version"]), dict(data["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise SpaceError(f"malformed space description: missing {exc}") from None
-    registry = _registry()
-    if name not in registry:
-        raise SpaceError(f"unknown search space '{name}'; known: {', '.join(sorted(registry))}")
-    cls, make_config = registry[name]
+    cls, make_config = SPACES.get(name)
     if version != cls.version:
         raise SpaceError(f"space '{name}' is version {cls.version} here, the file was made with version {version}")
     try:
