@@ -41,7 +41,8 @@ from torch import nn
 from edgenas.data import DataConfig, DatasetSplits, iterate_batches, load_dataset
 from edgenas.space import Arch, SearchSpace, create_space, default_preset
 from edgenas.supernet import Supernet
-from edgenas.train import TrainConfig, lr_at, param_groups, to_device
+from edgenas.torch_utils import param_groups, to_device
+from edgenas.train import TrainConfig, lr_at
 
 SECTION_KEY = "train_throughput"
 SECTION_TITLE = "Supernet training throughput"

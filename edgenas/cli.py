@@ -547,14 +547,13 @@ def eval_cmd(ckpt: str, arch_strs: tuple[str, ...], sample: int, seed: int, spli
     from edgenas.pipeline.search import checkpoint_data_config
     from edgenas.proxy import accuracy_stderr
     from edgenas.supernet import load_checkpoint
-    from edgenas.train import resolve_device
+    from edgenas.torch_utils import resolve_device
 
     if rank_check < 0 or rank_check in (1, 2):
         raise EdgenasError(f"--rank-check needs at least 3 architectures, not {rank_check}")
-    if threads is not None:
-        import torch
+    from edgenas.torch_utils import torch_threads
 
-        torch.set_num_threads(threads)
+    click.get_current_context().with_resource(torch_threads(threads))  # restored when the command ends
     supernet, meta, _ = load_checkpoint(ckpt)
     splits = load_dataset(checkpoint_data_config(meta, ckpt, data_name, data_root))
     if rank_check:

@@ -8,7 +8,17 @@ anything else that escapes is a bug in edgenas.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "EdgenasError", "SpaceError"]
+__all__ = [
+    "BundleError",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "EdgenasError",
+    "InfeasibleBudgetError",
+    "SearchError",
+    "SpaceError",
+    "TableError",
+]
 
 
 class EdgenasError(Exception):
@@ -31,3 +41,19 @@ class CheckpointError(EdgenasError):
 
 class SpaceError(EdgenasError):
     """An architecture or space config is invalid (unknown space, wrong length, choice out of range)."""
+
+
+class TableError(ConfigError):
+    """A latency table file is missing, corrupt, or was built for another space or profile."""
+
+
+class InfeasibleBudgetError(EdgenasError):
+    """No architecture of the space can meet a budget; the message gives the space's floor."""
+
+
+class SearchError(EdgenasError):
+    """The search cannot run: a missing capability, or no architecture meets the constraints."""
+
+
+class BundleError(EdgenasError):
+    """A bundle directory or manifest is missing, malformed or would be overwritten."""

@@ -18,7 +18,7 @@ from edgenas.data import DatasetSplits, iterate_batches
 from edgenas.errors import EdgenasError
 from edgenas.space import Arch
 from edgenas.supernet import Supernet, evaluate, recalibrated
-from edgenas.train import recal_batches, to_device
+from edgenas.torch_utils import recal_batches, to_device
 
 __all__ = ["ArchScore", "prepare_scoring", "score_arch", "score_archs"]
 

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgenas.errors import ConfigError, EdgenasError
+from edgenas.errors import BundleError, ConfigError, EdgenasError
 
 if TYPE_CHECKING:
     from edgenas.hardware.profile import Profile
@@ -86,10 +86,6 @@ _MAX_OPSET = 20  # the highest opset torch's TorchScript exporter writes
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Ops ONNX Runtime resolves while loading a graph instead of running a kernel for them.
 _NO_KERNEL_NEEDED = frozenset({"Constant"})
-
-
-class BundleError(EdgenasError):
-    """A bundle directory or manifest is missing, malformed or would be overwritten."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from edgenas.io import read_json, read_model_checkpoint, save_model_checkpoint
 from edgenas.search.verify import deployable_arch
 from edgenas.space import Arch, Subnet, space_from_dict, space_to_dict
 from edgenas.supernet import Supernet, inherit_subnet, load_checkpoint, recalibrate_bn
-from edgenas.train import recal_batches, to_device
+from edgenas.torch_utils import recal_batches, to_device
 
 __all__ = [
     "SUBNET_FORMAT",

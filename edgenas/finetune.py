@@ -42,11 +42,10 @@ from edgenas.config import to_mapping
 from edgenas.data import DatasetSplits, iterate_batches
 from edgenas.errors import CheckpointError, ConfigError, EdgenasError
 from edgenas.extract import SUBNET_FORMAT, load_subnet, save_subnet
-from edgenas.hardware._threads import torch_threads
 from edgenas.io import atomic_write_json, read_model_checkpoint, save_model_checkpoint
 from edgenas.space import Subnet
 from edgenas.supernet import evaluate
-from edgenas.train import param_groups, resolve_device, to_device
+from edgenas.torch_utils import param_groups, resolve_device, seeded, to_device, torch_threads
 
 __all__ = [
     "FINETUNE_FORMAT",
@@ -217,9 +216,9 @@ def finetune(
         raise ConfigError("from_scratch rebuilds a searched subnet from its architecture; for another model, "
                           "pass a freshly initialised one instead")
     label = subnet.arch.to_str() if isinstance(subnet, Subnet) else (name or type(subnet).__name__)
-    if config.threads is None:
-        return _finetune(subnet, data, config, Path(out_dir), teacher, resume, device, on_epoch, meta, label)
-    with torch_threads(config.threads):
+    # epochs seed torch's generators (dropout, a fresh initialisation): inside a fork, so a caller's RNG
+    # state and thread count come back unchanged
+    with torch_threads(config.threads), seeded(None, device):
         return _finetune(subnet, data, config, Path(out_dir), teacher, resume, device, on_epoch, meta, label)
 
 

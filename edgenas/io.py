@@ -12,11 +12,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from edgenas.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "atomic_torch_save",
@@ -63,6 +64,8 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
 
 def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> Path:
     buf = io.BytesIO()
+    import torch
+
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
 
@@ -96,6 +99,8 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
+        import torch
+
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -26,10 +26,19 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Named entries of one kind; ``kind`` appears in error messages ("unknown search space 'x'")."""
 
-    def __init__(self, kind: str, error: type[EdgenasError] = ConfigError) -> None:
+    def __init__(self, kind: str, error: type[EdgenasError] = ConfigError,
+                 builtins: Callable[[Registry[T]], None] | None = None) -> None:
+        """``builtins(registry)`` registers the built-in entries on first use, so a module whose
+        entries import heavy libraries (torch) costs nothing until one of them is asked for."""
         self.kind = kind
         self.error = error
         self._entries: dict[str, T] = {}
+        self._builtins = builtins
+
+    def _load(self) -> None:
+        if self._builtins is not None:
+            load, self._builtins = self._builtins, None
+            load(self)
 
     @overload
     def register(self, name: str, entry: T, *, replace: bool = False) -> T: ...
@@ -42,6 +51,8 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name.strip() or name != name.strip():
             raise self.error(f"a {self.kind} name must be a non-empty string without surrounding spaces, "
                              f"not {name!r}")
+
+        self._load()
 
         def add(item: T) -> T:
             if name in self._entries and not replace:
@@ -59,6 +70,7 @@ class Registry(Generic[T]):
         return entry
 
     def get(self, name: str) -> T:
+        self._load()
         try:
             return self._entries[name]
         except (KeyError, TypeError):
@@ -66,16 +78,18 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names, in registration order (built-ins first)."""
+        self._load()
         return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._entries))
+        return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.names())
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self._entries)})"

@@ -33,12 +33,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
 
     @property
-    def main(self) -> bool:
+    def is_main(self) -> bool:
         return self.rank == 0
 
 
@@ -86,8 +86,9 @@ def recal_batches(data: Any, count: int, batch_size: int, seed: int, device: tor
 
 
 @contextlib.contextmanager
-def seeded(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
-    """Run the block with torch's RNGs seeded by ``seed`` and restore the caller's RNG states after.
+def seeded(seed: int | None, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run the block with torch's RNGs seeded by ``seed`` (``None``: as they are) and restore the
+    caller's RNG states after.
 
     Weight initialisation and dropout draw from torch's global generators; seeding them inside a
     fork gives the same numbers as a bare ``torch.manual_seed`` without leaving a library user's
@@ -96,10 +97,11 @@ def seeded(seed: int, device: torch.device | str | None = None) -> Iterator[None
     dev = torch.device(device) if device is not None else None
     cuda = [dev] if dev is not None and dev.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
-        torch.default_generator.manual_seed(seed)
-        for d in cuda:
-            with torch.cuda.device(d):
-                torch.cuda.manual_seed(seed)
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+            for d in cuda:
+                with torch.cuda.device(d):
+                    torch.cuda.manual_seed(seed)
         yield
 
 

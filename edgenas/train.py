@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,22 +35,26 @@ from edgenas.errors import CheckpointError, ConfigError
 from edgenas.io import atomic_write_json
 from edgenas.space import Arch, SearchSpace
 from edgenas.supernet import Supernet, evaluate, load_checkpoint, recalibrated, save_checkpoint
+from edgenas.torch_utils import (
+    DistInfo,
+    dist_info,
+    param_groups,
+    recal_batches,
+    resolve_device,
+    seeded,
+    to_device,
+    torch_threads,
+)
 
 __all__ = [
-    "DistInfo",
     "EpochStats",
     "TrainConfig",
     "TrainResult",
-    "dist_info",
     "lr_at",
-    "param_groups",
     "path_losses",
-    "recal_batches",
-    "resolve_device",
     "resolve_weights",
     "soft_cross_entropy",
     "step_archs",
-    "to_device",
     "train_supernet",
 ]
 
@@ -136,32 +139,6 @@ class TrainResult:
     supernet: Supernet
 
 
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_info() -> DistInfo:
-    """Rank layout from torchrun's environment; a plain process is rank 0 of 1."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but no CUDA device is available")
-    if name in ("auto", "cuda"):
-        # one GPU per rank under torchrun; a bare "cuda" would put every rank on GPU 0
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
-
-
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Per-step learning rate: linear warm-up, then cosine or linear decay to zero at ``total``."""
     if step < cfg.warmup_steps:
@@ -170,32 +147,6 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
     return cfg.lr * (1 - progress)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv/linear weights only: decaying BN scales and biases only hurts."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
-
-
-def recal_batches(data: DatasetSplits, count: int, batch_size: int, seed: int, device: torch.device,
-                  channels_last: bool) -> list[torch.Tensor]:
-    """A fixed set of training images for BN recalibration (same images for every candidate)."""
-    gen = torch.Generator().manual_seed(seed + 7_777)
-    out = []
-    for x, _ in iterate_batches(data.train, batch_size, shuffle=True, generator=gen, drop_last=True):
-        if len(out) >= count:
-            break
-        out.append(to_device(x, device, channels_last))
-    return out
 
 
 def _sample(space: SearchSpace, rng: np.random.Generator, cfg: TrainConfig, input_hw: tuple[int, int]) -> Arch:
@@ -281,15 +232,14 @@ def train_supernet(
     """
     dist = dist_info()
     device = resolve_device(cfg.device, dist.local_rank)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     owns_group = dist.world_size > 1 and not torch.distributed.is_initialized()
     if owns_group:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        return _train(space, data, cfg, Path(out_dir), dist, device, data_config, resume, on_step, on_epoch)
+    try:  # the epochs seed torch's generators: inside a fork, so the caller's RNG and threads come back
+        with torch_threads(cfg.threads), seeded(None, device):
+            return _train(space, data, cfg, Path(out_dir), dist, device, data_config, resume, on_step, on_epoch)
     finally:
         if owns_group:
             torch.distributed.destroy_process_group()

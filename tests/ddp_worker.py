@@ -20,7 +20,8 @@ import torch
 from edgenas.data import DataConfig, load_dataset
 from edgenas.space import create_space
 from edgenas.supernet import Supernet
-from edgenas.train import TrainConfig, dist_info, train_supernet
+from edgenas.torch_utils import dist_info
+from edgenas.train import TrainConfig, train_supernet
 
 STEPS = 4
 BATCH_SIZE = 16

@@ -14,7 +14,7 @@ from edgenas.data import DataConfig, iterate_batches
 from edgenas.errors import CheckpointError, EdgenasError
 from edgenas.extract import SUBNET_FORMAT, data_facts, extract_subnet, load_subnet, resolve_run, save_subnet
 from edgenas.supernet import Supernet, recalibrated, save_checkpoint
-from edgenas.train import recal_batches
+from edgenas.torch_utils import recal_batches
 
 
 def _trained_like(supernet: Supernet) -> Supernet:

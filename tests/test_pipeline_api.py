@@ -275,3 +275,80 @@ def test_readme_pipeline_script_runs_verbatim(tmp_path, monkeypatch):
     assert manifest["arch"] == arch and "baseline" in manifest
     assert 20.0 < float(accuracy) <= 100.0  # well above chance (10%) on digits
     assert json.loads((tmp_path / "runs/py/search/search.json").read_text())["strategy"] == "evolution"
+
+
+# ----- a custom space, from the README, verbatim -----------------------------------------------------------------
+def test_readme_custom_space_example_runs_verbatim_without_torch():
+    import subprocess
+    import sys
+
+    text = (REPO / "README.md").read_text()
+    script = re.search(r"<!-- custom-space-example -->\n```python\n(.*?)```", text, re.S).group(1)
+    probe = ("\nimport json, sys\nresult = search.run()\n"
+             "state = len(json.dumps(search.state_dict()))\n"
+             "print(json.dumps({'torch': 'torch' in sys.modules, 'score': result.best.score,\n"
+             "                  'mflops': result.best.metrics['mflops'], 'state': state}))\n")
+    proc = subprocess.run([sys.executable, "-c", script + probe], capture_output=True, text=True, check=True,
+                          cwd=REPO)
+    arch_line, report = proc.stdout.splitlines()
+    assert re.fullmatch(r"cell@v1:[0-4](-[0-4]){5}", arch_line)
+    figures = json.loads(report)
+    assert figures["torch"] is False  # the numpy-only search does not import torch
+    assert figures["mflops"] <= 20 and figures["score"] == 22  # the optimum under the budget
+    assert figures["state"] > 0  # numpy integers in the space's Arch values did not break the JSON state
+
+
+def test_a_space_method_returning_a_tuple_is_a_one_line_error():
+    from edgenas.errors import SearchError
+
+    class TupleSpace:
+        def sample(self, rng):
+            return tuple(int(c) for c in rng.integers(3, size=4))
+
+        def mutate(self, arch, rng, prob):
+            return arch
+
+        def crossover(self, a, b, rng):
+            return a
+
+        def validate(self, arch):
+            return arch
+
+    with pytest.raises(SearchError, match=r"TupleSpace.sample returned tuple, not an edgenas Arch"):
+        EvolutionarySearch(TupleSpace(), lambda a: 0.0, (), EVO).run()
+
+
+def test_arch_names_and_numpy_integers_and_zero_budgets():
+    from edgenas.search import Budget
+    from edgenas.space import Arch
+
+    arch = Arch("NB-201.v2", np.int64(1), np.array([0, 4, 2]))
+    assert Arch.from_str(arch.to_str()) == arch and json.dumps(arch.to_json())
+    assert type(arch.choices[0]) is int and type(arch.version) is int
+    for bad, message in ((("nb 201", 1, (0,)), "space name must be"), (("x", 1, (1.5,)), "must be an integer"),
+                         (("x", 1, (-1,)), "negative")):
+        with pytest.raises(SpaceError, match=message):
+            Arch(*bad)
+    zero = Budget("mflops", lambda a: float(sum(a.choices)), limit=0)
+    assert zero(Arch("x", 1, (0, 0)))[0] and not zero(Arch("x", 1, (0, 1)))[0]
+    with pytest.raises(ConfigError, match="finite number >= 0"):
+        Budget("mflops", lambda a: 0.0, limit=-1)
+
+
+def test_budget_sampler_steers_a_custom_space_into_a_tight_budget():
+    from edgenas.search import AdditiveCost, Budget, budget_sampler
+    from edgenas.space import Arch
+
+    class Plain:  # no sample_in_range: the generic steering is used
+        def sample(self, rng):
+            return Arch("plain", 1, rng.integers(5, size=8))
+
+        def validate(self, arch):
+            return arch
+
+    cost = AdditiveCost(0.0, tuple((0.0, 1.0, 2.0, 3.0, 4.0) for _ in range(8)))
+    sampler = budget_sampler(Plain(), [Budget("cost", cost, limit=3.0, floor=0.0)])
+    assert sampler is not None
+    rng = np.random.default_rng(0)
+    draws = [sampler(rng) for _ in range(50)]
+    assert all(cost(a) <= 3.0 for a in draws) and len(set(draws)) > 10

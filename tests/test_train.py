@@ -9,7 +9,8 @@ import torch
 
 from edgenas.errors import CheckpointError, ConfigError
 from edgenas.supernet import evaluate, load_checkpoint, recalibrated
-from edgenas.train import TrainConfig, lr_at, param_groups, recal_batches, train_supernet
+from edgenas.torch_utils import param_groups, recal_batches
+from edgenas.train import TrainConfig, lr_at, train_supernet
 
 
 def _cfg(**kw):

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgenas.hardware._threads import torch_threads
+from edgenas.torch_utils import torch_threads
 
 __all__ = ["FLOPS_CONVENTION", "FlopsCount", "count_flops"]
 

@@ -41,9 +41,9 @@ import torch
 from torch import nn
 
 from edgenas.errors import ConfigError, EdgenasError
-from edgenas.hardware._threads import torch_threads
 from edgenas.hardware.profile import Profile
 from edgenas.registry import Registry
+from edgenas.torch_utils import torch_threads
 
 __all__ = [
     "RUNTIMES",

@@ -66,7 +66,7 @@ from typing import Any, Literal
 import numpy as np
 from torch import nn
 
-from edgenas.errors import ConfigError, EdgenasError
+from edgenas.errors import ConfigError, EdgenasError, InfeasibleBudgetError, TableError
 from edgenas.hardware.calibration import Calibration, error_figures, fit_calibration
 from edgenas.hardware.profile import Budgets, Profile
 from edgenas.io import atomic_write_bytes, atomic_write_json, read_json
@@ -144,14 +144,6 @@ FORMAT_DOC: dict[str, str] = {
     "build_seconds": "Wall time of the build: export, session creation, timing, calibration.",
     "query_us": "Mean time of one predict() call in microseconds, timed right after the build.",
 }
-
-
-class TableError(ConfigError):
-    """A latency table file is missing, corrupt, or was built for another space or profile."""
-
-
-class InfeasibleBudgetError(EdgenasError):
-    """No architecture of the space can meet a budget; the message gives the space's floor."""
 
 
 # ----- statistics of one entry -----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def extract(job: ExtractJob) -> ExtractOutcome:
     from edgenas.data import iterate_batches, load_dataset
     from edgenas.extract import data_facts, extract_subnet, load_run_supernet, resolve_run, save_subnet
     from edgenas.supernet import evaluate
-    from edgenas.train import resolve_device, to_device
+    from edgenas.torch_utils import resolve_device, to_device
 
     selection = resolve_run(job.run_dir, job.arch)
     data = load_dataset(selection.data_config)

@@ -38,7 +38,7 @@ def finetune(job: FinetuneJob, progress: Progress | None = None) -> FinetuneOutc
     from edgenas.data import DataConfig, load_dataset
     from edgenas.extract import load_subnet
     from edgenas.finetune import finetune as run_finetune
-    from edgenas.train import resolve_device
+    from edgenas.torch_utils import resolve_device
 
     subnet, meta, _ = load_subnet(job.subnet)
     saved = (meta.get("data") or {}).get("config")

@@ -139,7 +139,7 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
     from edgenas.search.scoring import SCORERS
     from edgenas.search.strategies import STRATEGIES
     from edgenas.supernet import load_checkpoint
-    from edgenas.train import resolve_device
+    from edgenas.torch_utils import resolve_device
 
     report = silent(progress)
     source = _check_job(job)

@@ -18,16 +18,21 @@ random proposals into a tight budget.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from edgenas.errors import ConfigError, SpaceError
 from edgenas.search.evolution import Constraint, SearchError
-from edgenas.space import Arch, SearchSpace
+from edgenas.space.arch import Arch
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from edgenas.space import SearchSpace
 
 __all__ = [
     "AdditiveCost",
@@ -84,6 +89,8 @@ def flops_cost(space: SearchSpace, input_hw: tuple[int, int], in_channels: int, 
 
     Built once per (space, input size): it traces every block (about 35 ms each on one core).
     """
+    from torch import nn
+
     from edgenas.hardware.flops import count_flops
 
     h, w = int(input_hw[0]), int(input_hw[1])
@@ -145,8 +152,8 @@ class Budget:
     unit: str = ""
 
     def __post_init__(self) -> None:
-        if self.limit is not None and not self.limit > 0:
-            raise ConfigError(f"budget {self.name} must be positive, not {self.limit}")
+        if self.limit is not None and not (isinstance(self.limit, numbers.Real) and 0 <= self.limit < math.inf):
+            raise ConfigError(f"budget {self.name} must be a finite number >= 0, not {self.limit!r}")
 
     @property
     def label(self) -> str:
@@ -216,9 +223,8 @@ def budget_sampler(space: SearchSpace,
     draws a uniform sample and, only if it is over the budget, re-draws random layers towards cheaper
     choices until it fits (:meth:`SearchSpace.sample_in_range`); a sample that already fits is kept
     as drawn. Other constraints are still checked by the loop. ``None`` when no budget is additive.
+    A space without ``sample_in_range`` (a custom one) is steered the same way by :func:`_steer_down`.
     """
-    if not callable(getattr(space, "sample_in_range", None)):
-        return None
     best: tuple[float, Budget] | None = None
     for c in constraints:
         if isinstance(c, Budget) and c.limit is not None and isinstance(c.cost, AdditiveCost) and c.cost.scale > 0:
@@ -234,8 +240,33 @@ def budget_sampler(space: SearchSpace,
 
     def sample(rng: np.random.Generator) -> Arch:
         try:
-            return space.sample_in_range(rng, cost.rows, -math.inf, high_raw, base=cost.fixed)
+            if callable(getattr(space, "sample_in_range", None)):
+                return space.sample_in_range(rng, cost.rows, -math.inf, high_raw, base=cost.fixed)
+            return _steer_down(space, rng, cost, high_raw)
         except SpaceError:  # cannot happen above the floor; the loop's rejection still guards it
             return space.sample(rng)
 
     return sample
+
+
+def _steer_down(space: Any, rng: np.random.Generator, cost: AdditiveCost, high_raw: float,
+                max_steps: int = 2000) -> Arch:
+    """A uniform ``space.sample``; while over ``high_raw``, one random layer takes a random cheaper choice.
+
+    Works for any space whose architectures index ``cost.rows`` layer by layer (what an
+    :class:`AdditiveCost` for it means); the result is checked with ``space.validate``.
+    """
+    arch = space.sample(rng)
+    choices = list(arch.choices)
+    rows = [np.asarray(row, dtype=float) for row in cost.rows]
+    total = cost.fixed + sum(float(row[c]) for row, c in zip(rows, choices))
+    for _ in range(max_steps):
+        if total <= high_raw:
+            return space.validate(Arch(arch.space, arch.version, tuple(choices)))
+        i = int(rng.integers(len(rows)))
+        cheaper = np.flatnonzero(rows[i] < rows[i][choices[i]])
+        if cheaper.size:
+            new = int(rng.choice(cheaper))
+            total += float(rows[i][new] - rows[i][choices[i]])
+            choices[i] = new
+    raise SpaceError(f"no architecture found under the raw cost {high_raw:.4g}")

@@ -34,9 +34,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
-from edgenas.errors import CheckpointError, ConfigError, EdgenasError
+from edgenas.errors import CheckpointError, ConfigError, SearchError
 from edgenas.search.results import Candidate, GenerationRecord, SearchResult
-from edgenas.space import Arch
+from edgenas.space.arch import Arch
 
 __all__ = [
     "STATE_FORMAT",
@@ -59,21 +59,33 @@ Constraint = Callable[[Arch], tuple[bool, Mapping[str, float]]]
 Scorer = Callable[[Arch], float | tuple[float, Mapping[str, float]]]
 
 
-class SearchError(EdgenasError):
-    """The search cannot run: a missing capability, or no architecture meets the constraints."""
-
-
 @runtime_checkable
 class EvolvableSpace(Protocol):
-    """What evolution needs from a space (``edgenas.space.SearchSpace`` provides all four)."""
+    """What evolution needs from a space (``edgenas.space.SearchSpace`` provides all four).
 
-    def sample(self, rng: np.random.Generator) -> Arch: ...
+    The contract for a custom space: every method returns an :class:`~edgenas.space.Arch` (build
+    one with ``Arch(name, version, choices)``: a name of letters, digits, ``_ . -``, a version and
+    one integer per position; numpy integers are converted), draws randomness only from the ``rng``
+    it is given (so a seed reproduces the search and a resume continues it), and never changes its
+    arguments (an ``Arch`` is immutable anyway).
+    """
 
-    def mutate(self, arch: Arch, rng: np.random.Generator, prob: float) -> Arch: ...
+    def sample(self, rng: np.random.Generator) -> Arch:
+        """A uniformly random architecture."""
+        ...
 
-    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch: ...
+    def mutate(self, arch: Arch, rng: np.random.Generator, prob: float) -> Arch:
+        """A copy of ``arch`` where each position is re-drawn with probability ``prob``."""
+        ...
 
-    def validate(self, arch: Arch) -> Arch: ...
+    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
+        """A child taking each position from ``a`` or ``b``."""
+        ...
+
+    def validate(self, arch: Arch) -> Arch:
+        """``arch`` itself if it belongs to this space; raise :class:`~edgenas.errors.SpaceError` otherwise
+        (a resumed search validates its saved top-k with it)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -311,6 +323,10 @@ class EvolutionarySearch:
                 attempts -= 1
                 tries += 1
                 arch = make()
+                if not isinstance(arch, Arch):
+                    method = {"mutation": "mutate", "crossover": "crossover"}.get(origin, "sample")
+                    raise SearchError(f"{type(space).__name__}.{method} returned {type(arch).__name__}, not an "
+                                      "edgenas Arch; return Arch(name, version, choices) (see EvolvableSpace)")
                 if arch in seen:
                     duplicates += 1
                     continue

@@ -37,7 +37,7 @@ from edgenas.search.shifting import ShiftConfig, SupernetShifting
 from edgenas.search.strategies import STRATEGIES
 from edgenas.space import space_to_dict
 from edgenas.supernet import Supernet, load_checkpoint, save_checkpoint
-from edgenas.train import resolve_device
+from edgenas.torch_utils import resolve_device
 
 __all__ = ["CANDIDATES_NAME", "CHECKPOINT_NAME", "PLOT_NAME", "SEARCH_NAME", "SUPERNET_NAME", "run_search"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenas.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from edgenas.space import Arch
+from edgenas.space.arch import Arch
 
 __all__ = [
     "COST_KEYS",

@@ -37,7 +37,7 @@ from edgenas.search.evolution import SearchHook
 from edgenas.search.results import Candidate, GenerationRecord
 from edgenas.space import Arch
 from edgenas.supernet import Supernet, path_modules
-from edgenas.train import param_groups, to_device
+from edgenas.torch_utils import param_groups, to_device
 
 __all__ = ["RELEASED_SHIFT", "ShiftConfig", "SupernetShifting", "batch_seed", "scaled_shift", "shift_budget_for"]
 

@@ -1,21 +1,34 @@
-"""Search spaces behind one interface, created by name through a small registry.
+"""Search spaces behind one interface, created by name through the ``SPACES`` registry.
 
-The registry is built on demand (no import-time registration side effects) and fails loudly on
-unknown names, listing the ones that exist. ``space_from_dict``/``space_to_dict`` are the form in
-which a space travels inside checkpoint sidecars, latency tables and manifests.
+The built-in spaces (and torch, which they need to build modules) load on first use: importing
+this package for :class:`Arch` alone, as a numpy-only search over a custom space does, stays
+cheap. Unknown names fail loudly, listing the ones that exist. ``space_from_dict``/``space_to_dict``
+are the form in which a space travels inside checkpoint sidecars, latency tables and manifests.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgenas.errors import SpaceError
 from edgenas.registry import Registry
 from edgenas.space.arch import Arch
-from edgenas.space.base import LayerSpec, SearchSpace, Subnet
-from edgenas.space.mbv3 import Mbv3Config, Mbv3Space, StageConfig
-from edgenas.space.spos import SposConfig, SposSpace
+
+if TYPE_CHECKING:
+    from edgenas.space.base import LayerSpec, SearchSpace, Subnet
+    from edgenas.space.mbv3 import Mbv3Config, Mbv3Space, StageConfig
+    from edgenas.space.spos import SposConfig, SposSpace
+
+_LAZY = {"LayerSpec": "base", "SearchSpace": "base", "Subnet": "base", "Mbv3Config": "mbv3", "Mbv3Space": "mbv3",
+         "StageConfig": "mbv3", "SposConfig": "spos", "SposSpace": "spos"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"edgenas.space.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'edgenas.space' has no attribute {name!r}")
 
 __all__ = [
     "SPACES",
@@ -36,10 +49,17 @@ __all__ = [
 ]
 
 
-SPACES: Registry[tuple[type[SearchSpace], Callable[..., Any]]] = Registry("search space", SpaceError)
+def _builtin_spaces(registry: Registry[tuple[type[SearchSpace], Callable[..., Any]]]) -> None:
+    from edgenas.space.mbv3 import Mbv3Config, Mbv3Space
+    from edgenas.space.spos import SposConfig, SposSpace
+
+    registry.register("mbv3", (Mbv3Space, Mbv3Config.preset))
+    registry.register("spos", (SposSpace, SposConfig.preset))
+
+
+SPACES: Registry[tuple[type[SearchSpace], Callable[..., Any]]] = Registry("search space", SpaceError,
+                                                                          builtins=_builtin_spaces)
 """Space name -> (space class, ``preset(name, **overrides) -> config``)."""
-SPACES.register("mbv3", (Mbv3Space, Mbv3Config.preset))
-SPACES.register("spos", (SposSpace, SposConfig.preset))
 
 
 def list_spaces() -> list[str]:

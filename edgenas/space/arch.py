@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,16 @@ from edgenas.errors import SpaceError
 
 __all__ = ["Arch"]
 
-_STR_RE = re.compile(r"^(?P<space>[a-z0-9_]+)(?:@v(?P<version>\d+))?:(?P<choices>\d+(?:-\d+)*)$")
+_NAME = r"[A-Za-z0-9_.-]+"
+_NAME_RE = re.compile(rf"^{_NAME}$")
+_STR_RE = re.compile(rf"^(?P<space>{_NAME})(?:@v(?P<version>\d+))?:(?P<choices>\d+(?:-\d+)*)$")
+
+
+def _index(value: Any, what: str) -> int:
+    """An integer (Python or numpy) as a plain ``int``: numpy integers would break ``json.dumps`` later."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SpaceError(f"{what} must be an integer, not {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True, order=True)
@@ -30,10 +40,18 @@ class Arch:
     choices: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.choices, tuple):
-            object.__setattr__(self, "choices", tuple(int(c) for c in self.choices))
-        if any(c < 0 for c in self.choices):
-            raise SpaceError(f"negative choice index in architecture {self.choices}")
+        if not isinstance(self.space, str) or not _NAME_RE.match(self.space):
+            raise SpaceError(f"an architecture's space name must be letters, digits, '_', '.' or '-' (it is part "
+                             f"of the architecture string), not {self.space!r}")
+        object.__setattr__(self, "version", _index(self.version, "an architecture's version"))
+        try:
+            choices = tuple(_index(c, "a choice index") for c in self.choices)
+        except TypeError:
+            raise SpaceError(f"an architecture's choices must be a sequence of integers, "
+                             f"not {self.choices!r}") from None
+        object.__setattr__(self, "choices", choices)
+        if self.version < 0 or any(c < 0 for c in choices):
+            raise SpaceError(f"negative version or choice index in architecture {self.space}@v{self.version}:{choices}")
 
     def __str__(self) -> str:
         return self.to_str()
