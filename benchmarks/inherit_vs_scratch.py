@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jobs", type=int, default=2, help="Trainings at a time (one CPU thread each).")
     p.add_argument("--work", default="runs/bench-inherit")
     p.add_argument("--key", default="inherit_vs_scratch", help="Section key in the report.")
+    p.add_argument("--title", default="Inherited weights vs training from scratch", help="Section title.")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="Markdown file to update, or - to print.")
     args = p.parse_args(argv)
     work = Path(args.work)
@@ -71,7 +72,11 @@ def main(argv: list[str] | None = None) -> None:
         scr = np.array([jobs[("scratch", s)].result() for s in args.seeds])
         diff = inh - scr
         before = json.loads((base / f"inherited-s{args.seeds[0]}" / "finetune.json").read_text())["before"]
-        rows.append(f"| `{run}` | `{arch}` | {before['accuracy'] * 100:.2f} | {inh.mean():.2f} ± {inh.std(ddof=1):.2f} "
+        budget = doc.get("budgets") or {}
+        where = (f"{budget['latency_ms']:.3g} ms" if budget.get("latency_ms") is not None else "none") + (
+            f" (q {budget['latency_quantile']:g})" if budget.get("latency_quantile") is not None else "")
+        rows.append(f"| `{run}` | {where} | `{arch}` | {before['accuracy'] * 100:.2f} "
+                    f"| {inh.mean():.2f} ± {inh.std(ddof=1):.2f} "
                     f"| {scr.mean():.2f} ± {scr.std(ddof=1):.2f} | {diff.mean():+.2f} "
                     f"({', '.join(f'{d:+.2f}' for d in diff)}) |")
     body = [
@@ -81,12 +86,12 @@ def main(argv: list[str] | None = None) -> None:
         f"images (lr {args.lr:g} cosine, batch 128, 1 thread) from its inherited supernet weights and from "
         f"scratch, seeds {', '.join(map(str, args.seeds))}; test accuracy on the whole test split.",
         "",
-        "| search run | architecture | inherited, before fine-tuning % | inherited + fine-tuned % | from scratch % "
-        "| difference (per seed) |",
-        "|---|---|---|---|---|---|",
+        "| search run | latency budget | architecture | inherited, before fine-tuning % | inherited + fine-tuned % "
+        "| from scratch % | difference (per seed) |",
+        "|---|---|---|---|---|---|---|",
         *rows,
     ]
-    publish(args.out, args.key, "Inherited weights vs training from scratch", "\n".join(body))
+    publish(args.out, args.key, args.title, "\n".join(body))
 
 
 if __name__ == "__main__":

@@ -47,12 +47,12 @@ class TableError(ConfigError):
     """A latency table file is missing, corrupt, or was built for another space or profile."""
 
 
-class InfeasibleBudgetError(EdgenasError):
-    """No architecture of the space can meet a budget; the message gives the space's floor."""
-
-
 class SearchError(EdgenasError):
     """The search cannot run: a missing capability, or no architecture meets the constraints."""
+
+
+class InfeasibleBudgetError(SearchError):
+    """No architecture of the space can meet a budget; the message gives the space's floor."""
 
 
 class BundleError(EdgenasError):

@@ -26,17 +26,14 @@ own multiply-adds and parameters so that check can compare a bundle's file with 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import datetime as dt
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +46,7 @@ import torch
 from torch import nn
 
 from edgenas.errors import BundleError, ConfigError, EdgenasError
+from edgenas.quantize import first_line, quantize_int8, stdout_to
 
 if TYPE_CHECKING:
     from edgenas.hardware.profile import Profile
@@ -136,38 +134,6 @@ class ExportResult:
 
 
 # ----- ONNX export and checks -----------------------------------------------------------------------------
-@contextlib.contextmanager
-def _stdout_to(target: str) -> Iterator[None]:
-    """Point fd 1 at ``target`` ("stderr" or "devnull") for the block.
-
-    torch's TorchScript exporter enables its C++ log whenever it runs (``setup_onnx_logging`` tests
-    the function object instead of calling it), so a failed export dumps the whole Torch IR graph to
-    stdout, and native libraries (onnxsim, the quantizer) may print there too; stdout must stay
-    clean for ``--json``. The exporter's dump is dropped (the error names the op and module instead);
-    other native output goes to stderr with the progress messages.
-    """
-    sys.stdout.flush()
-    try:
-        saved = os.dup(1)
-    except OSError:  # no usable fd 1 (embedded interpreters): nothing to protect
-        yield
-        return
-    sink = os.open(os.devnull, os.O_WRONLY) if target == "devnull" else os.dup(2)
-    try:
-        os.dup2(sink, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(sink)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 def _locate_op(model: nn.Module, input_shape: tuple[int, ...], op: str) -> str | None:
     """``path (Type)`` of the module whose forward calls ``op`` (e.g. ``aten::fft_fft2``), from trace scopes."""
     m = copy.deepcopy(model).cpu().float().eval()
@@ -198,7 +164,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int, int], opset:
     from edgenas.hardware.measure import export_onnx_bytes
 
     try:
-        with _stdout_to("devnull"):
+        with stdout_to("devnull"):
             data = export_onnx_bytes(model, input_shape, opset=opset, dynamic_batch=True)
     except EdgenasError as exc:
         found = re.search(r"operator '([\w.]+::[\w.]+)'", str(exc))
@@ -252,7 +218,7 @@ def check_onnx(model: bytes | Any, label: str = "ONNX model", provider: str = "C
     try:
         proto = onnx.load_model_from_string(model) if isinstance(model, bytes) else model
     except Exception as exc:  # protobuf raises DecodeError and others
-        raise EdgenasError(f"{label} is not a valid ONNX model: {_first_line(exc)}") from None
+        raise EdgenasError(f"{label} is not a valid ONNX model: {first_line(exc)}") from None
     missing = _ort_missing_kernels(proto, provider)
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
@@ -260,7 +226,7 @@ def check_onnx(model: bytes | Any, label: str = "ONNX model", provider: str = "C
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # ValidationError, InferenceError
-        raise EdgenasError(f"{label} fails onnx.checker: {_first_line(exc)}") from None
+        raise EdgenasError(f"{label} fails onnx.checker: {first_line(exc)}") from None
     return proto
 
 
@@ -271,10 +237,10 @@ def _simplify(proto: Any) -> Any:
         raise EdgenasError("--simplify needs onnxsim, which is not installed: pip install onnxsim "
                            "(or pip install 'edgenas[export]')") from None
     try:
-        with _stdout_to("stderr"):
+        with stdout_to("stderr"):
             simplified, ok = onnxsim.simplify(proto)
     except Exception as exc:  # onnxsim raises many types
-        raise EdgenasError(f"onnxsim could not simplify the model: {_first_line(exc)}") from None
+        raise EdgenasError(f"onnxsim could not simplify the model: {first_line(exc)}") from None
     if not ok:
         raise EdgenasError("onnxsim's simplified model does not match the original; export without --simplify")
     return simplified
@@ -323,7 +289,7 @@ def onnx_cost(model: bytes | Any, input_shape: Sequence[int], by_op: bool = Fals
     try:
         inferred = shape_inference.infer_shapes(proto, strict_mode=True)
     except Exception as exc:  # InferenceError
-        raise EdgenasError(f"cannot infer the ONNX graph's shapes at {dims}: {_first_line(exc)}") from None
+        raise EdgenasError(f"cannot infer the ONNX graph's shapes at {dims}: {first_line(exc)}") from None
     shapes: dict[str, list[int]] = dict(initializers)
     for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         tensor = value.type.tensor_type
@@ -370,7 +336,7 @@ def _ort_session(model: bytes) -> Any:
     try:
         return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidGraph, NotImplemented)
-        raise EdgenasError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+        raise EdgenasError(f"onnxruntime cannot load the model: {first_line(exc)}") from None
 
 
 def _test_subset(ds: Any, limit: int | None) -> Any:
@@ -457,32 +423,6 @@ class _ImageCalibration:
 
     def rewind(self) -> None:
         self._it = self._batches()
-
-
-def _quantize(fp32: bytes, reader: _ImageCalibration) -> tuple[bytes, bool]:
-    """Static int8 QDQ (per-channel int8 weights, uint8 activations, MinMax); whether pre-processing ran."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs hints on the root logger
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgenas-int8-") as tmp, _stdout_to("stderr"):
-            src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-            src.write_bytes(fp32)
-            try:
-                quant_pre_process(str(src), str(pre))
-                preprocessed = pre.is_file()
-            except Exception:  # optional: symbolic shape inference or the optimizer may not handle a graph
-                preprocessed = False
-            quantize_static(str(pre if preprocessed else src), str(dst), reader, quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            return dst.read_bytes(), preprocessed
-    except Exception as exc:  # onnxruntime's quantizer raises many types
-        raise EdgenasError(f"int8 quantization failed: {_first_line(exc)}") from None
-    finally:
-        root.setLevel(level)
 
 
 # ----- the bundle -------------------------------------------------------------------------------------------
@@ -604,7 +544,7 @@ def export_bundle(subnet_ckpt: str | Path, config: ExportConfig, *, overwrite: b
     if config.int8:
         progress(f"quantizing to int8 (QDQ, per-channel), calibrating on {config.calib_images} training images")
         reader = _ImageCalibration(data.train, config.calib_images)
-        int8, preprocessed = _quantize(fp32, reader)
+        int8, preprocessed = quantize_int8(fp32, reader)
         proto8 = check_onnx(int8, label="model.int8.onnx")
         _set_metadata(proto8, {**props, "precision": "int8"}, doc + "; int8 QDQ quantized")
         int8 = proto8.SerializeToString()
@@ -695,7 +635,7 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON: {_first_line(exc)}") from None
+        raise BundleError(f"{path} is not valid JSON: {first_line(exc)}") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{path} is not an edgenas bundle manifest (a JSON {type(manifest).__name__})")
     if manifest.get("format") != BUNDLE_FORMAT:

@@ -16,17 +16,15 @@ from click.testing import CliRunner
 from torch import nn
 
 from edgenas.cli import cli
-from edgenas.errors import ConfigError
+from edgenas.errors import ConfigError, InfeasibleBudgetError
 from edgenas.hardware.calibration import error_figures, fit_calibration, kendall_tau
 from edgenas.hardware.measure import LatencyStats, export_onnx_bytes
 from edgenas.hardware.profile import Budgets, load_profile
 from edgenas.hardware.table import (
     FORMAT,
-    InfeasibleBudgetError,
     LatencyTable,
     TableError,
     build_table,
-    check_budgets,
     default_method,
     environment_warnings,
     loose_budget_warnings,
@@ -269,17 +267,22 @@ def test_environment_warning_when_cpu_differs(built):
 
 
 def test_infeasible_budget_reports_the_floor(built, space):
-    floor = check_budgets(space, built, Budgets(latency_ms=1e3, mflops=1e3), 1, 10, (28, 28))
-    assert floor.latency_arch == built.min_latency_arch(space) and floor.mflops > 0
-    with pytest.raises(InfeasibleBudgetError) as info:
-        check_budgets(space, built, Budgets(latency_ms=1e-4), 1, 10, (28, 28))
-    message = str(info.value)
-    assert "no architecture of mbv3 at 28x28 meets latency_ms=0.0001" in message
-    assert f"smallest predicted latency is {floor.latency_ms:.3g} ms" in message
-    assert f"smallest FLOPs {floor.mflops:.3g} MFLOPs" in message and str(floor.latency_arch) in message
-    with pytest.raises(InfeasibleBudgetError, match=r"meets mflops=0\.001 and params_m=1e-06: .*parameter count"):
-        check_budgets(space, None, Budgets(mflops=0.001, params_m=1e-6), 1, 10, (28, 28))
+    from edgenas.search import check_feasible, latency_cost, make_budget_constraints
 
+    def constraints(**budgets):
+        return make_budget_constraints(space, input_hw=(28, 28), in_channels=1, num_classes=10,
+                                       latency=latency_cost(built, space), **budgets)
+
+    check_feasible(constraints(latency_ms=1e3, mflops=1e3))
+    fastest = built.min_latency_arch(space)
+    with pytest.raises(InfeasibleBudgetError) as info:
+        check_feasible(constraints(latency_ms=1e-4))
+    message = str(info.value)
+    assert f"latency_ms<=0.0001 ms: the smallest is {built.predict(fastest):.4g} ({fastest})" in message
+    assert "Relax the budget" in message
+    with pytest.raises(InfeasibleBudgetError, match=r"mflops<=0.001 MFLOPs: the smallest is .*; params_m<=1e-06 M "
+                                                     r"params: the smallest is"):
+        check_feasible(constraints(mflops=0.001, params_m=1e-6))
 
 
 def test_a_budget_above_the_slowest_architecture_is_called_loose(built, space):
@@ -383,9 +386,10 @@ def test_cli_bad_input_is_one_line_error(cli_env, args, message):
 
 def test_space_floor_flops_match_count_flops(space):
     from edgenas.hardware.flops import count_flops
+    from edgenas.search import make_budget_constraints
 
-    floor = check_budgets(space, None, Budgets(), 1, 10, (28, 28))
-    counted = count_flops(space.build_subnet(floor.flops_arch, 10, 1), (1, 1, 28, 28))
-    assert floor.mflops == pytest.approx(counted.mflops)
-    assert floor.params_m == pytest.approx(sum(p.numel() for p in space.build_subnet(
-        floor.params_arch, 10, 1).parameters()) / 1e6)
+    flops, params = make_budget_constraints(space, input_hw=(28, 28), in_channels=1, num_classes=10)
+    counted = count_flops(space.build_subnet(flops.floor_arch, 10, 1), (1, 1, 28, 28))
+    assert flops.floor == pytest.approx(counted.mflops)
+    assert params.floor == pytest.approx(sum(p.numel() for p in space.build_subnet(
+        params.floor_arch, 10, 1).parameters()) / 1e6)

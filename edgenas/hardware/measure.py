@@ -25,9 +25,7 @@ import copy
 import dataclasses
 import gc
 import io
-import logging
 import platform
-import tempfile
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -551,49 +549,12 @@ def _onnx_feeds(proto: Any, input_shape: Sequence[int] | None, batch_size: int, 
     return feeds
 
 
-class _RandomCalibration:
-    """Calibration batches of standard-normal data (latency does not depend on the scales found).
-
-    A ``CalibrationDataReader`` by duck typing (its ``__subclasshook__`` accepts any ``get_next``),
-    so onnxruntime.quantization is imported only when int8 is asked for.
-    """
-
-    def __init__(self, shapes: dict[str, Sequence[int]], count: int) -> None:
-        rng = np.random.default_rng(0)
-        self._batches = [{k: rng.standard_normal(tuple(s)).astype(np.float32) for k, s in shapes.items()}
-                         for _ in range(count)]
-        self._next = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self._batches):
-            return None
-        self._next += 1
-        return self._batches[self._next - 1]
-
-    def rewind(self) -> None:
-        self._next = 0
-
-
 def _quantize_int8(model: bytes, shapes: dict[str, Sequence[int]]) -> bytes:
-    """Static int8 quantization as a deployment would do it: QDQ format, per-channel int8 weights,
-    uint8 activations, MinMax calibration on a few random inputs of the measured shape."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    """The shipped int8 graph (:func:`edgenas.quantize.quantize_int8`), calibrated on random inputs of the
+    measured shape: the scales differ from a bundle's, the graph and so the latency do not."""
+    from edgenas.quantize import RandomCalibration, quantize_int8
 
-    reader = _RandomCalibration(shapes, _CALIBRATION_SAMPLES)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint on the root logger
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgenas-int8-") as tmp:
-            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            src.write_bytes(model)
-            quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            return dst.read_bytes()
-    except Exception as exc:  # onnxruntime's quantizer raises many types
-        raise EdgenasError(f"int8 quantization failed: {str(exc).strip().splitlines()[0][:200]}") from None
-    finally:
-        root.setLevel(level)
+    return quantize_int8(model, RandomCalibration(shapes, _CALIBRATION_SAMPLES))[0]
 
 
 def runtime_versions() -> dict[str, str]:

@@ -66,7 +66,7 @@ from typing import Any, Literal
 import numpy as np
 from torch import nn
 
-from edgenas.errors import ConfigError, EdgenasError, InfeasibleBudgetError, TableError
+from edgenas.errors import ConfigError, EdgenasError, TableError
 from edgenas.hardware.calibration import Calibration, error_figures, fit_calibration
 from edgenas.hardware.profile import Budgets, Profile
 from edgenas.io import atomic_write_bytes, atomic_write_json, read_json
@@ -78,13 +78,10 @@ __all__ = [
     "FORMAT_DOC",
     "METHODS",
     "EntryStats",
-    "InfeasibleBudgetError",
     "LatencyTable",
-    "SpaceFloor",
     "TableError",
     "TableValidation",
     "build_table",
-    "check_budgets",
     "check_quantile",
     "cpu_model",
     "default_method",
@@ -94,7 +91,6 @@ __all__ = [
     "plot_validation",
     "quantile_budget",
     "rebuild_hint",
-    "space_floor",
     "time_predict",
     "validate_table",
 ]
@@ -795,77 +791,6 @@ def plot_validation(validation: TableValidation, path: str | Path, title: str = 
 
 
 # ----- budgets ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SpaceFloor:
-    """The least any architecture of a space costs: each figure with the architecture attaining it.
-
-    Latency and parameters are exact minima (additive per layer); FLOPs are counted with
-    :func:`~edgenas.hardware.flops.count_flops` on the all-minimum architecture by the closed-form
-    MAC count, which is the FLOPs minimum whenever the element-wise terms follow the MACs (as in
-    the mbv3 and spos spaces).
-    """
-
-    latency_ms: float | None
-    latency_arch: Arch | None
-    mflops: float
-    flops_arch: Arch
-    params_m: float
-    params_arch: Arch
-
-
-def _param_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def space_floor(space: SearchSpace, table: LatencyTable | None, in_channels: int, num_classes: int,
-                input_hw: tuple[int, int]) -> SpaceFloor:
-    from edgenas.hardware.flops import count_flops
-
-    flops_arch = space.extreme_arch(space.macs_table(input_hw))
-    flops = count_flops(space.build_subnet(flops_arch, num_classes, in_channels), (1, in_channels, *input_hw))
-    params_rows = [[_param_count(space.build_choice(i, c)) for c in range(len(layer.choices))]
-                   for i, layer in enumerate(space.layers)]
-    params_arch = space.extreme_arch(params_rows)
-    params = _param_count(space.build_subnet(params_arch, num_classes, in_channels))
-    latency_arch = table.min_latency_arch(space) if table is not None else None
-    return SpaceFloor(
-        latency_ms=table.predict(latency_arch) if table is not None and latency_arch is not None else None,
-        latency_arch=latency_arch, mflops=flops.flops / 1e6, flops_arch=flops_arch, params_m=params / 1e6,
-        params_arch=params_arch,
-    )
-
-
-def check_budgets(space: SearchSpace, table: LatencyTable | None, budgets: Budgets, in_channels: int,
-                  num_classes: int, input_hw: tuple[int, int]) -> SpaceFloor:
-    """Refuse, before any search starts, a budget that no architecture of ``space`` can meet.
-
-    The error gives the smallest predicted latency (all-minimum architecture by the table), the
-    smallest FLOPs (1 multiply-add = 1 FLOP, see ``FLOPS_CONVENTION``) and, for a parameter budget,
-    the smallest parameter count, so the user knows how far to relax it. Without a table the
-    latency budget is not checked here. Returns the floor for callers that want to print it.
-    """
-    floor = space_floor(space, table, in_channels, num_classes, input_hw)
-    failed = []
-    if budgets.latency_ms is not None and floor.latency_ms is not None and floor.latency_ms > budgets.latency_ms:
-        failed.append(f"latency_ms={budgets.latency_ms:g}")
-    if budgets.mflops is not None and floor.mflops > budgets.mflops:
-        failed.append(f"mflops={budgets.mflops:g}")
-    if budgets.params_m is not None and floor.params_m > budgets.params_m:
-        failed.append(f"params_m={budgets.params_m:g}")
-    if failed:
-        parts = []
-        if floor.latency_ms is not None:
-            parts.append(f"the smallest predicted latency is {floor.latency_ms:.3g} ms "
-                         f"(all-minimum architecture {floor.latency_arch})")
-        parts.append(f"smallest FLOPs {floor.mflops:.3g} MFLOPs (1 multiply-add = 1 FLOP; {floor.flops_arch})")
-        if budgets.params_m is not None:
-            parts.append(f"smallest parameter count {floor.params_m:.3g} M ({floor.params_arch})")
-        h, w = input_hw
-        raise InfeasibleBudgetError(f"no architecture of {space.name} at {h}x{w} meets {' and '.join(failed)}: "
-                                    + ", ".join(parts))
-    return floor
-
-
 def loose_budget_warnings(space: SearchSpace, table: LatencyTable | None, budgets: Budgets) -> list[str]:
     """A latency budget above the slowest architecture's predicted latency constrains nothing: say so,
     with the space's range on this machine, since a budget carried over from a slower device (or

@@ -122,7 +122,6 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
     from edgenas.hardware.profile import load_profile
     from edgenas.hardware.table import (
         LatencyTable,
-        check_budgets,
         environment_warnings,
         loose_budget_warnings,
         quantile_budget,
@@ -132,6 +131,7 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
         EvolutionConfig,
         SearchHook,
         ShiftConfig,
+        check_feasible,
         latency_cost,
         make_budget_constraints,
         run_search,
@@ -168,13 +168,13 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
         report.message(f"latency budget {latency_ms:.4g} ms: the {job.latency_quantile:g} quantile of predicted "
                        f"latency over 10,000 uniform architectures of {space.name} on {prof.name}")
     budgets = prof.with_budgets(latency_ms=latency_ms, mflops=job.mflops, params_m=job.params_m).budgets
-    check_budgets(space, table, budgets, data.in_channels, data.num_classes, tuple(data.input_size))
-    for line in loose_budget_warnings(space, table, budgets):
-        report.warning(line)
     constraints = make_budget_constraints(
         space, input_hw=tuple(data.input_size), in_channels=data.in_channels, num_classes=data.num_classes,
         latency_ms=budgets.latency_ms, mflops=budgets.mflops, params_m=budgets.params_m,
         latency=latency_cost(table, space))
+    check_feasible(constraints)  # an impossible budget fails here, naming the smallest reachable values
+    for line in loose_budget_warnings(space, table, budgets):
+        report.warning(line)
     evo_fields = {k: v for k, v in dict(population=job.population, generations=job.generations, topk=job.topk,
                                         mutations=job.mutations, mutation_prob=job.mutation_prob,
                                         crossovers=job.crossovers, seed=job.seed).items() if v is not None}

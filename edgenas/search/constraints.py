@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgenas.errors import ConfigError, SpaceError
-from edgenas.search.evolution import Constraint, SearchError
+from edgenas.errors import ConfigError, InfeasibleBudgetError, SpaceError
+from edgenas.search.evolution import Constraint
 from edgenas.space.arch import Arch
 
 if TYPE_CHECKING:
@@ -203,14 +203,16 @@ def make_budget_constraints(
 
 
 def check_feasible(constraints: Sequence[Constraint]) -> None:
-    """Raise :class:`SearchError` naming every budget below its space's floor, before any compute."""
+    """Raise :class:`InfeasibleBudgetError` naming every budget below its space's floor (the smallest
+    reachable value and the architecture reaching it), before any compute. The one feasibility check:
+    the CLI, the pipeline and :func:`~edgenas.search.run_search` all come here."""
     problems = []
     for c in constraints:
         if isinstance(c, Budget) and c.limit is not None and c.floor is not None and c.floor > c.limit:
             where = f" ({c.floor_arch})" if c.floor_arch is not None else ""
             problems.append(f"{c.label} {c.unit}".rstrip() + f": the smallest is {c.floor:.4g}{where}")
     if problems:
-        raise SearchError("no architecture can meet the budget: " + "; ".join(problems)
+        raise InfeasibleBudgetError("no architecture can meet the budget: " + "; ".join(problems)
                           + ". Relax the budget or use a smaller space (e.g. --width-mult)")
 
 
