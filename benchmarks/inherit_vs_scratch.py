@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-limit", type=int, default=20000)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--patience", type=int, default=None,
+                   help="Early-stopping patience of both trainings [default: finetune's, 3 epochs].")
     p.add_argument("--jobs", type=int, default=2, help="Trainings at a time (one CPU thread each).")
     p.add_argument("--work", default="runs/bench-inherit")
     p.add_argument("--key", default="inherit_vs_scratch", help="Section key in the report.")
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             for seed in args.seeds:
                 recipe = ["--epochs", str(args.epochs), "--train-limit", str(args.train_limit), "--lr", str(args.lr),
-                          "--seed", str(seed), "--threads", "1", "--device", "cpu"]
+                          "--seed", str(seed), "--threads", "1", "--device", "cpu",
+                          *(["--patience", str(args.patience)] if args.patience is not None else [])]
                 jobs[("inherited", seed)] = pool.submit(_train, subnet, base / f"inherited-s{seed}", recipe,
                                                         f"inherited s{seed}")
                 jobs[("scratch", seed)] = pool.submit(_train, subnet, base / f"scratch-s{seed}",
@@ -83,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         *provenance(),
         "",
         f"Each search's recommended architecture, trained {args.epochs} epochs on {args.train_limit} training "
-        f"images (lr {args.lr:g} cosine, batch 128, 1 thread) from its inherited supernet weights and from "
+        f"images (lr {args.lr:g} cosine, batch 128, 1 thread"
+        + (f", early-stopping patience {args.patience}" if args.patience is not None else "")
+        + f") from its inherited supernet weights and from "
         f"scratch, seeds {', '.join(map(str, args.seeds))}; test accuracy on the whole test split.",
         "",
         "| search run | latency budget | architecture | inherited, before fine-tuning % | inherited + fine-tuned % "
