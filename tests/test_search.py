@@ -21,6 +21,7 @@ from edgenas.data import ArrayDataset, DatasetSplits
 from edgenas.errors import CheckpointError, ConfigError
 from edgenas.hardware.flops import count_flops
 from edgenas.search import (
+    AdditiveCost,
     Budget,
     Candidate,
     EvolutionarySearch,
@@ -234,11 +235,14 @@ def test_resume_refuses_other_settings():
 
 def test_infeasible_budget_errors():
     impossible = Budget("cost", toy_cost, 0.5)
-    with pytest.raises(SearchError, match=r"cost<=0.5 rejected \d+"):
+    with pytest.raises(SearchError, match=r"cost<=0.5 rejected \d+, smallest seen \d"):
         EvolutionarySearch(ToySpace(), toy_score, [impossible], SMALL).run()
     floored = Budget("mflops", toy_cost, 0.5, floor=1.0, floor_arch=ToySpace().arch([0, 0, 0, 0, 0, 1]))
     with pytest.raises(SearchError, match=r"mflops<=0.5: the smallest is 1 \(toy@v1:0-0-0-0-0-1\)"):
         check_feasible([floored])
+    additive = AdditiveCost(0.5, ((0.0, 1.0), (0.25, 2.0)))  # no floor given: computed from the table sum
+    with pytest.raises(SearchError, match=r"sum<=0.6: the smallest is 0.75 \(choices 0-0\)"):
+        check_feasible([Budget("sum", additive, 0.6)])
 
 
 def test_capabilities_and_config_are_checked_up_front():

@@ -13,10 +13,8 @@ import click
 from edgenas.cli._app import (
     _config_option,
     _console,
-    _progress,
     cli,
 )
-from edgenas.errors import ConfigError
 
 
 # ----- finetune ---------------------------------------------------------------------------------------------
@@ -105,36 +103,15 @@ def baseline(family: str, data_name: str, data_root: str | None, val_limit: int 
              latency_ms: float | None,
              width: float | None, out_dir: str, device: str, resume: bool, as_json: bool, **options: Any) -> None:
     """Train a hand-designed baseline scaled to the latency budget, with the fine-tuning recipe."""
-    from edgenas.baselines import get_family, profile_measure, train_baseline
-    from edgenas.data import DataConfig, load_dataset
-    from edgenas.extract import data_facts
     from edgenas.finetune import FinetuneConfig
-    from edgenas.hardware.profile import load_profile
-    from edgenas.train import resolve_device
+    from edgenas.pipeline.baseline import BaselineJob
+    from edgenas.pipeline.baseline import baseline as train_baseline
 
-    get_family(family)  # an unknown name fails before the data is loaded
     config = FinetuneConfig(**{k: v for k, v in options.items() if v is not None})
-    data_cfg = DataConfig(name=data_name, val_limit=val_limit,
-                          **({"root": data_root} if data_root is not None else {}))
-    data = load_dataset(data_cfg)
-    budget = None
-    measure = None
-    if width is None and not resume:
-        prof = load_profile(profile_name, input_shape=(data.in_channels, *data.input_size))
-        budget = latency_ms if latency_ms is not None else prof.budgets.latency_ms
-        if budget is None:
-            raise ConfigError(f"profile {prof.name} has no latency budget: give --latency-ms or --width")
-        timed = profile_measure(prof)
-
-        def measure(models: list[Any]) -> list[float]:
-            _progress(f"measuring {len(models)} widths of {family} on {prof.name} ...")
-            return timed(models)
-
-    run = train_baseline(family, data, config, out_dir, width=width, budget_ms=budget, measure=measure,
-                         resume=resume, device=resolve_device(device),
-                         on_epoch=_console(quiet=as_json, epochs=config.epochs).finetune_epoch,
-                         meta={"data": data_facts(data, data_cfg)})
-    result, choice = run.result, run.choice
+    outcome = train_baseline(BaselineJob(family=family, out=out_dir, config=config, data=data_name, data_root=data_root,
+                                         val_limit=val_limit, profile=profile_name, latency_ms=latency_ms, width=width,
+                                         device=device, resume=resume), _console(quiet=as_json, epochs=config.epochs))
+    result, choice = outcome.result, outcome.choice
     if as_json:
         click.echo(json.dumps({**result.report, "baseline": choice}, indent=2))
         return
@@ -144,7 +121,7 @@ def baseline(family: str, data_name: str, data_root: str | None, val_limit: int 
     stop = " (stopped early)" if result.stopped_early else ""
     click.echo(f"trained {choice['label']} ({choice['description']}): {result.epochs_run} epoch(s){stop}, best "
                f"epoch {result.best_epoch + 1}, val accuracy {result.val_accuracy:.2%}")
-    click.echo(f"test accuracy {result.test_accuracy:.2%} on {result.test_count} {data.name} test images")
+    click.echo(f"test accuracy {result.test_accuracy:.2%} on {result.test_count} {outcome.data} test images")
     click.echo(f"wrote {result.checkpoint} (also baseline.json, finetune.json in {out_dir}) in {result.seconds:.1f} s")
 
 

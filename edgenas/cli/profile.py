@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import click
 
@@ -12,7 +11,6 @@ from edgenas.cli._app import (
     _config_option,
     _console,
     _parse_shape,
-    _progress,
     _protocol_options,
     _warn,
     cli,
@@ -117,17 +115,10 @@ def profile_build(profile_name: str, space_name: str, preset: str | None, width_
 def profile_validate(table_path: str, count: int, seed: int, plot: str | None, as_json: bool, warmup: int | None,
                      repeats: int | None, trials: int | None) -> None:
     """Measure fresh subnets end to end, compare with the table, store the figures in it."""
-    from edgenas.hardware.table import LatencyTable, environment_warnings, validate_table
-    from edgenas.pipeline.table import with_protocol
-    from edgenas.space import space_from_dict
+    from edgenas.pipeline.table import ValidateJob, validate_table
 
-    table = LatencyTable.load(table_path)
-    sp = space_from_dict(table.space)
-    _warn(environment_warnings(table))
-    p = with_protocol(table.profile_object(), warmup, repeats, trials)
-    plot_path = Path(plot) if plot else Path(table_path).with_suffix(".png")
-    result = validate_table(table, sp, p, n=count, seed=seed, plot_path=plot_path, on_progress=_progress)
-    table.save(table_path)
+    result, table = validate_table(ValidateJob(table=table_path, count=count, seed=seed, plot=plot, warmup=warmup,
+                                               repeats=repeats, trials=trials), _console())
     if as_json:
         click.echo(json.dumps({k: v for k, v in dataclasses.asdict(result).items()
                                if k not in ("archs", "predicted_ms", "raw_ms", "measured_ms")}, indent=2))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -16,7 +15,7 @@ from edgenas.cli._app import (
     _merge,
     cli,
 )
-from edgenas.errors import ConfigError, EdgenasError
+from edgenas.errors import ConfigError
 
 
 # ----- train ---------------------------------------------------------------------------------------------
@@ -132,32 +131,28 @@ def eval_cmd(ckpt: str, arch_strs: tuple[str, ...], sample: int, seed: int, spli
     """
     import numpy as np
 
-    from edgenas.data import load_dataset
-    from edgenas.evaluate import score_archs
-    from edgenas.pipeline.search import checkpoint_data_config
+    from edgenas.pipeline.evaluate import EvalJob, RankCheckJob, evaluate
+    from edgenas.pipeline.evaluate import rank_check as check_ranks
     from edgenas.proxy import accuracy_stderr
-    from edgenas.supernet import load_checkpoint
-    from edgenas.torch_utils import resolve_device
 
-    if rank_check < 0 or rank_check in (1, 2):
-        raise EdgenasError(f"--rank-check needs at least 3 architectures, not {rank_check}")
-    from edgenas.torch_utils import torch_threads
-
-    click.get_current_context().with_resource(torch_threads(threads))  # restored when the command ends
-    supernet, meta, _ = load_checkpoint(ckpt)
-    splits = load_dataset(checkpoint_data_config(meta, ckpt, data_name, data_root))
     if rank_check:
-        _rank_check(supernet, meta, splits, ckpt, rank_check, rank_epochs, rank_train_limit, rank_out, recal,
-                    seed, threads, resolve_device(device), as_json)
+        check = check_ranks(RankCheckJob(supernet=ckpt, count=rank_check, epochs=rank_epochs,
+                                         train_limit=rank_train_limit, out=rank_out, seed=seed, data=data_name,
+                                         data_root=data_root, recal=recal, threads=threads, device=device),
+                            _console(quiet=as_json))
+        if as_json:
+            click.echo(json.dumps(check.to_json(), indent=2))
+            return
+        k, r = check.kendall, check.spearman
+        click.echo(f"Kendall tau {k[0]:.3f} (95% CI {k[1]:.3f} .. {k[2]:.3f})  Spearman rho {r[0]:.3f} "
+                   f"(95% CI {r[1]:.3f} .. {r[2]:.3f})  over {len(check.entries)} architectures")
+        for note in check.notes:
+            click.echo(f"note: {note}", err=True)
+        click.echo(check.verdict())
         return
-    space = supernet.space
-    archs = [space.parse(s) for s in arch_strs]
-    rng = np.random.default_rng(seed)
-    archs += [space.sample(rng) for _ in range(sample)]
-    if not archs:
-        raise EdgenasError("nothing to score: give --arch STR, --sample N or --rank-check N")
-    scores = score_archs(supernet, archs, splits, split=split, recal=recal,  # type: ignore[arg-type]
-                         device=resolve_device(device))
+    outcome = evaluate(EvalJob(supernet=ckpt, archs=arch_strs, sample=sample, seed=seed, split=split,  # type: ignore[arg-type]
+                               data=data_name, data_root=data_root, recal=recal, threads=threads, device=device))
+    scores = outcome.scores
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(s) for s in scores], indent=2))
         return
@@ -167,43 +162,4 @@ def eval_cmd(ckpt: str, arch_strs: tuple[str, ...], sample: int, seed: int, spli
     accs = [s.accuracy for s in scores]
     if len(accs) > 1:
         click.echo(f"mean {np.mean(accs):.2%}  min {min(accs):.2%}  max {max(accs):.2%}  "
-                   f"(chance {1 / splits.num_classes:.0%})")
-
-
-def _rank_check(supernet: Any, meta: dict[str, Any], splits: Any, ckpt: str, count: int, epochs: int,
-                train_limit: int | None, out: str | None, recal: int, seed: int, threads: int | None,
-                device: Any, as_json: bool) -> None:
-    from edgenas.config import to_mapping
-    from edgenas.finetune import FinetuneConfig, finetune
-    from edgenas.proxy import rank_check, spread_archs
-
-    limit = train_limit if train_limit is not None else (meta.get("data") or {}).get("train_limit")
-    config = FinetuneConfig(epochs=epochs, from_scratch=True, patience=epochs, lr=0.1, train_limit=limit,
-                            seed=seed, threads=threads)
-    recipe = {**{k: v for k, v in to_mapping(config).items() if k != "threads"}, "data": splits.name}
-    archs = spread_archs(supernet.space, count, tuple(splits.input_size), seed)
-
-    def train_alone(arch: Any, where: Path) -> float:
-        subnet = supernet.space.build_subnet(arch, splits.num_classes, splits.in_channels)
-        return finetune(subnet, splits, config, where, device=device, resume=(where / "last.pt").exists()).test_accuracy
-
-    def progress(i: int, n: int, entry: Any) -> None:
-        if not as_json:
-            click.echo(f"[{i}/{n}] {entry.arch}  {entry.macs / 1e6:.2f} M MACs  inherited (val) "
-                       f"{entry.inherited:.2%}  alone (test) {entry.standalone:.2%}", err=True)
-
-    where = Path(out) if out else Path(ckpt).resolve().parent / "rank_check"
-    if not as_json:
-        click.echo(f"rank check: {len(archs)} architectures trained alone ({epochs} epochs, "
-                   f"{limit or 'all'} training images), cached in {where}", err=True)
-    check = rank_check(supernet, splits, archs, where, train=train_alone, recipe=recipe, recal=recal, device=device,
-                       on_arch=progress)
-    if as_json:
-        click.echo(json.dumps(check.to_json(), indent=2))
-        return
-    k, r = check.kendall, check.spearman
-    click.echo(f"Kendall tau {k[0]:.3f} (95% CI {k[1]:.3f} .. {k[2]:.3f})  Spearman rho {r[0]:.3f} "
-               f"(95% CI {r[1]:.3f} .. {r[2]:.3f})  over {len(check.entries)} architectures")
-    for note in check.notes:
-        click.echo(f"note: {note}", err=True)
-    click.echo(check.verdict())
+                   f"(chance {1 / outcome.num_classes:.0%})")

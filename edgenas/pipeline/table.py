@@ -13,7 +13,8 @@ from edgenas.hardware.profile import Profile
 from edgenas.pipeline.progress import Progress, silent
 from edgenas.space import SearchSpace
 
-__all__ = ["TableJob", "TableOutcome", "build_table", "default_table_path", "find_table", "with_protocol"]
+__all__ = ["TableJob", "TableOutcome", "ValidateJob", "build_table", "default_table_path", "find_table",
+           "validate_table", "with_protocol"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +103,36 @@ def build_table(job: TableJob, progress: Progress | None = None) -> TableOutcome
                           on_progress=report.message)
     table.save(path)
     return TableOutcome(path=path, table=table, layers=len(space.layers))
+
+
+@dataclass(frozen=True)
+class ValidateJob:
+    """``edgenas profile validate``: ``count`` fresh subnets measured end to end against the table at
+    ``table``; the figures are stored in the table file, the scatter plot beside it (or at ``plot``)."""
+
+    table: str
+    count: int = 50
+    seed: int = 1
+    plot: str | None = None
+    warmup: int | None = None
+    repeats: int | None = None
+    trials: int | None = None
+
+
+def validate_table(job: ValidateJob, progress: Progress | None = None) -> tuple[Any, Any]:
+    """Measure, compare, store; returns (:class:`~edgenas.hardware.table.TableValidation`, the table)."""
+    from edgenas.hardware.table import LatencyTable, environment_warnings
+    from edgenas.hardware.table import validate_table as measure_validation
+    from edgenas.space import space_from_dict
+
+    report = silent(progress)
+    table = LatencyTable.load(job.table)
+    space = space_from_dict(table.space)
+    for line in environment_warnings(table):
+        report.warning(line)
+    profile = with_protocol(table.profile_object(), job.warmup, job.repeats, job.trials)
+    plot = Path(job.plot) if job.plot else Path(job.table).with_suffix(".png")
+    result = measure_validation(table, space, profile, n=job.count, seed=job.seed, plot_path=plot,
+                                on_progress=report.message)
+    table.save(job.table)
+    return result, table

@@ -208,9 +208,15 @@ def check_feasible(constraints: Sequence[Constraint]) -> None:
     the CLI, the pipeline and :func:`~edgenas.search.run_search` all come here."""
     problems = []
     for c in constraints:
-        if isinstance(c, Budget) and c.limit is not None and c.floor is not None and c.floor > c.limit:
-            where = f" ({c.floor_arch})" if c.floor_arch is not None else ""
-            problems.append(f"{c.label} {c.unit}".rstrip() + f": the smallest is {c.floor:.4g}{where}")
+        if not isinstance(c, Budget) or c.limit is None:
+            continue
+        floor, floor_arch = c.floor, c.floor_arch
+        if floor is None and isinstance(c.cost, AdditiveCost):  # a user's Budget: the exact floor is cheap here
+            floor, choices = c.cost.minimum()
+            floor_arch = None if not choices else f"choices {'-'.join(map(str, choices))}"
+        if floor is not None and floor > c.limit:
+            where = f" ({floor_arch})" if floor_arch is not None else ""
+            problems.append(f"{c.label} {c.unit}".rstrip() + f": the smallest is {floor:.4g}{where}")
     if problems:
         raise InfeasibleBudgetError("no architecture can meet the budget: " + "; ".join(problems)
                           + ". Relax the budget or use a smaller space (e.g. --width-mult)")

@@ -193,6 +193,7 @@ class EvolutionarySearch:
         self._rng = np.random.default_rng(self.config.seed)
         self._generation = 0
         self._topk: list[Candidate] = []
+        self._least: dict[str, float] = {}  # smallest value of each rejecting metric seen (for the error)
         self._history: list[GenerationRecord] = []
 
     # ----- public API --------------------------------------------------------------------------------
@@ -336,6 +337,9 @@ class EvolutionarySearch:
                     out.append((arch, origin, metrics))
                 else:
                     rejected.update(failed)
+                    for key in failed:
+                        if key in metrics:
+                            self._least[key] = min(self._least.get(key, float("inf")), metrics[key])
 
         parents = [c.arch for c in self._topk]
         if gen > 0 and parents:
@@ -388,7 +392,9 @@ class EvolutionarySearch:
         if not rejected:
             return (f"no new architecture found in {tries} proposals: the space may be smaller than the "
                     f"population ({self.config.population})")
-        parts = ", ".join(f"{labels.get(k, k)} rejected {n}" for k, n in rejected.most_common())
+        parts = ", ".join(f"{labels.get(k, k)} rejected {n}"
+                          + (f", smallest seen {self._least[k]:.4g}" if k in self._least else "")
+                          for k, n in rejected.most_common())
         return (f"no architecture within the constraints found in {tries} random proposals ({parts}); "
                 "relax the budget, check the space's floor (check_feasible) or steer the random proposals "
                 "into it (sampler=budget_sampler(space, constraints))")
