@@ -10,11 +10,17 @@ functions in sequence. A whole run from Python::
     print(outcome.bundle, outcome.verdict)
 
 or stage by stage (``train`` -> ``build_table`` -> ``search`` -> ``extract`` -> ``finetune`` ->
-``export`` -> ``check``), each reading the previous stage's files.
+``export`` -> ``check``), each reading the previous stage's files. The config types the jobs take
+(``DataConfig``, ``TrainConfig``, ``FinetuneConfig``, ``ExportConfig``, ``CheckConfig``) are
+re-exported here, so one import is enough.
 """
 
 from __future__ import annotations
 
+from edgenas.check import CheckConfig
+from edgenas.data import DataConfig
+from edgenas.export import ExportConfig
+from edgenas.finetune import FinetuneConfig
 from edgenas.pipeline.baseline import BaselineJob, BaselineOutcome, baseline
 from edgenas.pipeline.check import CheckJob, CheckOutcome, check
 from edgenas.pipeline.evaluate import EvalJob, EvalOutcome, RankCheckJob, evaluate, rank_check
@@ -26,17 +32,22 @@ from edgenas.pipeline.run import RunJob, RunOutcome, run
 from edgenas.pipeline.search import SearchJob, SearchOutcome, search
 from edgenas.pipeline.table import TableJob, TableOutcome, ValidateJob, build_table, find_table, validate_table
 from edgenas.pipeline.train import TrainJob, TrainOutcome, train
+from edgenas.train import TrainConfig
 
 __all__ = [
     "BaselineJob",
     "BaselineOutcome",
+    "CheckConfig",
     "CheckJob",
     "CheckOutcome",
+    "DataConfig",
     "EvalJob",
     "EvalOutcome",
+    "ExportConfig",
     "ExportJob",
     "ExtractJob",
     "ExtractOutcome",
+    "FinetuneConfig",
     "FinetuneJob",
     "FinetuneOutcome",
     "Progress",
@@ -47,6 +58,7 @@ __all__ = [
     "SearchOutcome",
     "TableJob",
     "TableOutcome",
+    "TrainConfig",
     "TrainJob",
     "TrainOutcome",
     "ValidateJob",
