@@ -172,6 +172,17 @@ def test_early_stopping_is_deterministic(monkeypatch, subnet_ckpt, digits, tmp_p
     assert last["stopped_early"] is True and last["epoch"] == 1
 
 
+def test_no_early_stop_while_validation_is_at_chance(monkeypatch, subnet_ckpt, digits, tmp_path):
+    import edgenas.finetune as ft
+
+    # from scratch on a small set the validation accuracy can sit at chance for a few epochs (BN statistics
+    # lag the weights): patience must not end the run there
+    monkeypatch.setattr(ft, "evaluate", lambda forward, batches, model: {"accuracy": 0.1, "loss": 2.3, "count": 1})
+    subnet, meta, _ = load_subnet(subnet_ckpt)
+    result = finetune(subnet, digits, _cfg(epochs=3, patience=1, train_limit=64), tmp_path, device=CPU, meta=meta)
+    assert not result.stopped_early and result.epochs_run == 3
+
+
 def test_from_scratch_and_distillation(subnet_ckpt, digits, tmp_path):
     subnet, meta, _ = load_subnet(subnet_ckpt)
     before = copy.deepcopy(subnet)
