@@ -1,22 +1,29 @@
-"""Run pipeline stages through the real CLI from benchmark scripts, reusing finished runs.
+"""Run pipeline stages from benchmark scripts, reusing finished runs.
 
-Benchmarks drive ``python -m edgenas ...`` exactly as a user would, so their figures cover the CLI's
-own defaults and file handling. Each stage's output directory doubles as its cache: a finished run
-is reused and an interrupted one resumed, which makes long benchmarks restartable.
+Searches and supernet training run in this process through the Python API (:mod:`edgenas.pipeline`),
+one after another. Trainings that a benchmark runs several at a time (fine-tuning, baselines) go
+through ``python -m edgenas`` in subprocesses instead: torch's thread count and RNG are per process,
+so parallel trainings in one process would share them. Each stage's output directory doubles as
+its cache: a finished run is reused and an interrupted one resumed, which makes long benchmarks
+restartable.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["add_evolution_options", "cli", "cli_search", "cli_train", "evolution_args"]
+if TYPE_CHECKING:
+    from edgenas.pipeline import SearchJob, TrainJob
+
+__all__ = ["add_evolution_options", "api_search", "api_train", "cli", "evolution_fields"]
 
 
 def cli(args: Sequence[str], label: str) -> str:
@@ -30,29 +37,42 @@ def cli(args: Sequence[str], label: str) -> str:
     return proc.stdout
 
 
-def cli_search(args: Sequence[str], out: Path, label: str) -> dict[str, Any]:
-    """``edgenas search ARGS --out OUT --json``, reusing a finished run (with measured finalists unless
-    ``--no-measure`` is among ARGS)."""
+def api_search(job: SearchJob, label: str) -> dict[str, Any]:
+    """``pipeline.search(job)``, reusing a finished run in ``job.out`` (with measured finalists unless
+    ``job.measure`` is off) and resuming an interrupted one; returns its search.json document."""
+    from edgenas.errors import EdgenasError
+    from edgenas.pipeline import search
+
+    out = Path(job.out)
     if (out / "search.json").is_file() and not (out / "checkpoint.pt").is_file():
         raise SystemExit(f"{out} has search.json but no checkpoint: not a search run directory")
     if (out / "search.json").is_file():
         doc = json.loads((out / "search.json").read_text())
-        if doc.get("measured") is not None or "--no-measure" in args:
+        if doc.get("measured") is not None or not job.measure:
             print(f"[{label}] reusing {out}", file=sys.stderr)
             return doc
-    resume = ["--resume"] if (out / "checkpoint.pt").is_file() else []
+    print(f"[{label}] pipeline.search -> {out}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    doc = json.loads(cli(["search", *args, "--out", str(out), "--json", *resume], label))
+    try:
+        search(dataclasses.replace(job, resume=(out / "checkpoint.pt").is_file()))
+    except EdgenasError as exc:
+        raise SystemExit(f"{label} failed: {exc}") from None
+    doc = json.loads((out / "search.json").read_text())
     doc["wall_seconds"] = time.perf_counter() - start
     return doc
 
 
-def cli_train(args: Sequence[str], out: Path, label: str) -> Path:
-    """``edgenas train ARGS --out OUT``; an existing run is resumed (a no-op when it is finished)."""
-    final = out / "supernet.pt"
-    resume = ["--resume"] if final.is_file() else []
-    cli(["train", *args, "--out", str(out), *resume], label)
-    return final
+def api_train(job: TrainJob, label: str) -> Path:
+    """``pipeline.train(job)``; an existing run in ``job.out`` is resumed (a no-op when it is finished)."""
+    from edgenas.errors import EdgenasError
+    from edgenas.pipeline import train
+
+    final = Path(job.out) / "supernet.pt"
+    print(f"[{label}] pipeline.train -> {job.out}", file=sys.stderr, flush=True)
+    try:
+        return train(dataclasses.replace(job, resume=final.is_file())).checkpoint
+    except EdgenasError as exc:
+        raise SystemExit(f"{label} failed: {exc}") from None
 
 
 def add_evolution_options(p: argparse.ArgumentParser) -> None:
@@ -67,9 +87,9 @@ def add_evolution_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def evolution_args(args: argparse.Namespace) -> list[str]:
-    """``edgenas search`` options for :func:`add_evolution_options` (tiny ones with ``--quick``)."""
+def evolution_fields(args: argparse.Namespace) -> dict[str, int]:
+    """:class:`~edgenas.pipeline.SearchJob` fields for :func:`add_evolution_options` (tiny ones with ``--quick``)."""
     if getattr(args, "quick", False):
-        return ["--population", "8", "--generations", "2", "--topk", "3", "--mutations", "3", "--crossovers", "3"]
-    return ["--population", str(args.population), "--generations", str(args.generations), "--topk", str(args.topk),
-            "--mutations", str(args.mutations), "--crossovers", str(args.crossovers)]
+        return {"population": 8, "generations": 2, "topk": 3, "mutations": 3, "crossovers": 3}
+    return {"population": args.population, "generations": args.generations, "topk": args.topk,
+            "mutations": args.mutations, "crossovers": args.crossovers}

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from _report import provenance, write_section
-from _runs import cli_search
+from _runs import api_search
 from scipy import stats
 
 from edgenas.data import DataConfig, load_dataset
@@ -118,13 +118,15 @@ def run(args: argparse.Namespace) -> str:
     proxies: dict[str, np.ndarray] = {}
     print("[proxy] scoring on the SPOS supernet", file=sys.stderr, flush=True)
     proxies["spos"] = np.array([s.accuracy for s in score_archs(supernet, archs, data, split="val", seed=0)])
-    evo = ["--population", str(args.population), "--generations", str(args.generations), "--topk", "5",
-           "--mutations", str(args.population // 3), "--crossovers", str(args.population // 3)]
+    from edgenas.pipeline import SearchJob
+
     for seed in args.seeds:
         out = work / f"shift-s{seed}"
-        cli_search(["--profile", args.profile, "--supernet", args.supernet, "--tables-dir", args.tables_dir,
-                    "--latency-ms", str(args.budget), "--val-limit", str(args.val_limit), "--seed", str(seed),
-                    "--device", "cpu", "--no-measure", *evo], out, f"shift seed {seed}")
+        api_search(SearchJob(profile=args.profile, supernet=args.supernet, tables_dir=args.tables_dir,
+                             latency_ms=args.budget, val_limit=args.val_limit, seed=seed, device="cpu", measure=False,
+                             population=args.population, generations=args.generations, topk=5,
+                             mutations=args.population // 3, crossovers=args.population // 3, out=str(out)),
+                   f"shift seed {seed}")
         shifted, _, _ = load_checkpoint(out / "supernet.pt")
         print(f"[proxy] scoring on the shifted supernet (seed {seed})", file=sys.stderr, flush=True)
         proxies[f"shift-s{seed}"] = np.array([s.accuracy for s in score_archs(shifted, archs, data, split="val",

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from _report import provenance, write_section
-from _runs import add_evolution_options, cli_search, evolution_args
+from _runs import add_evolution_options, api_search, evolution_fields
 
 from edgenas.data import DataConfig, load_dataset
 from edgenas.evaluate import score_archs
@@ -51,10 +51,12 @@ PLOT = REPO / "docs" / "img" / "search_quality.png"
 METHODS = ("shift", "spos", "random")
 
 
-def _search(args: argparse.Namespace, budget: float, method: str, out: Path, extra: list[str]) -> dict[str, Any]:
-    return cli_search(["--profile", args.profile, "--supernet", args.supernet, "--tables-dir", args.tables_dir,
-                       "--latency-ms", str(budget), "--val-limit", str(args.val_limit), "--seed", str(args.seed),
-                       "--device", args.device, *extra], out, f"{method} @ {budget:g} ms")
+def _search(args: argparse.Namespace, budget: float, method: str, out: Path, **fields: Any) -> dict[str, Any]:
+    from edgenas.pipeline import SearchJob
+
+    job = SearchJob(profile=args.profile, supernet=args.supernet, tables_dir=args.tables_dir, latency_ms=budget,
+                    val_limit=args.val_limit, seed=args.seed, device=args.device, out=str(out), **fields)
+    return api_search(job, f"{method} @ {budget:g} ms")
 
 
 def _distinct(doc: dict[str, Any]) -> int:
@@ -62,7 +64,7 @@ def _distinct(doc: dict[str, Any]) -> int:
 
 
 def run(args: argparse.Namespace) -> str:
-    evo = evolution_args(args)
+    evo = evolution_fields(args)
     work = Path(args.work)
     supernet, meta, _ = load_checkpoint(args.supernet)
     data_cfg = DataConfig(**{**dict(meta.get("data") or {}), "train_limit": None})
@@ -72,13 +74,11 @@ def run(args: argparse.Namespace) -> str:
     sections = []
     for budget in args.budgets:
         docs: dict[str, dict[str, Any]] = {}
-        docs["shift"] = _search(args, budget, "shift", work / f"b{budget:g}" / "shift", evo)
-        docs["spos"] = _search(args, budget, "spos", work / f"b{budget:g}" / "spos", [*evo, "--no-shift"])
+        docs["shift"] = _search(args, budget, "shift", work / f"b{budget:g}" / "shift", **evo)
+        docs["spos"] = _search(args, budget, "spos", work / f"b{budget:g}" / "spos", **evo, shift=False)
         n = _distinct(docs["shift"])
-        topk = evo[evo.index("--topk") + 1]
-        docs["random"] = _search(args, budget, "random", work / f"b{budget:g}" / "random",
-                                 ["--no-shift", "--population", str(n), "--generations", "1", "--topk", topk,
-                                  "--mutations", "0", "--crossovers", "0"])
+        docs["random"] = _search(args, budget, "random", work / f"b{budget:g}" / "random", shift=False,
+                                 population=n, generations=1, topk=evo["topk"], mutations=0, crossovers=0)
         winners = {m: supernet.space.parse(deployable_arch(docs[m])) for m in METHODS}
         shifted, _, _ = load_checkpoint(work / f"b{budget:g}" / "shift" / "supernet.pt")
         archs = [winners[m] for m in METHODS]

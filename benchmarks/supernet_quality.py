@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from _report import provenance, publish
-from _runs import cli_train
+from _runs import api_train
 
 from edgenas.data import DataConfig, load_dataset
 from edgenas.evaluate import score_archs
@@ -41,10 +41,10 @@ from edgenas.supernet import load_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "BENCHMARKS.md"
 
-SETTINGS: dict[str, list[str]] = {
-    "separate": ["--weights", "separate"],
-    "shared": ["--weights", "shared"],
-    "sandwich": ["--weights", "shared", "--recipe", "sandwich", "--sandwich-random", "2", "--distill"],
+SETTINGS: dict[str, dict[str, Any]] = {
+    "separate": {"weights": "separate"},
+    "shared": {"weights": "shared"},
+    "sandwich": {"weights": "shared", "recipe": "sandwich", "sandwich_random": 2, "distill": True},
 }
 
 
@@ -85,22 +85,25 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     tag = f"w{args.width_mult:g}_e{args.epochs}_n{args.train_limit or 'all'}_s{args.seed}"
     work = Path(args.work) / tag
-    common = ["--data", args.data, "--width-mult", str(args.width_mult), "--seed", str(args.seed), "--threads", "1",
-              "--val-archs", "0"]
-    if args.train_limit:
-        common += ["--train-limit", str(args.train_limit)]
+    from edgenas.pipeline import TrainJob
+    from edgenas.train import TrainConfig
+
+    def job(epochs: int, setting: dict[str, Any], out: Path) -> TrainJob:
+        return TrainJob(data=DataConfig(name=args.data, train_limit=args.train_limit or None),
+                        train=TrainConfig(epochs=epochs, seed=args.seed, threads=1, val_archs=0, **setting),
+                        space_options={"width_mult": args.width_mult}, out=str(out))
 
     runs: dict[str, Path] = {}
     for name in [s for s in args.settings if s in SETTINGS]:
         runs[name] = work / name
-        cli_train([*common, "--epochs", str(args.epochs), *SETTINGS[name]], runs[name], name)
+        api_train(job(args.epochs, SETTINGS[name], runs[name]), name)
     if "shared-eqtime" in args.settings:
         if "sandwich" not in runs or "shared" not in runs:
             raise SystemExit("shared-eqtime needs the sandwich and shared settings in the same run")
         ratio = _train_seconds(runs["sandwich"]) / _train_seconds(runs["shared"])
         epochs = max(args.epochs, round(args.epochs * ratio))
         runs["shared-eqtime"] = work / f"shared-eqtime-e{epochs}"
-        cli_train([*common, "--epochs", str(epochs), *SETTINGS["shared"]], runs["shared-eqtime"], "shared-eqtime")
+        api_train(job(epochs, SETTINGS["shared"], runs["shared-eqtime"]), "shared-eqtime")
 
     data = load_dataset(DataConfig(name=args.data))
     first, _, _ = load_checkpoint(next(iter(runs.values())) / "supernet.pt")

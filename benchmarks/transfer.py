@@ -23,13 +23,14 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from _report import provenance, write_section
-from _runs import add_evolution_options, cli_search, cli_train, evolution_args
+from _runs import add_evolution_options, api_search, api_train, evolution_fields
 
 from edgenas.data import DataConfig, load_dataset
 from edgenas.evaluate import score_archs
@@ -46,25 +47,26 @@ def run(args: argparse.Namespace) -> str:
     work = Path(args.work)
     source, source_meta, _ = load_checkpoint(args.source)
     space = source.space
-    evo = evolution_args(args)
-    common = ["--profile", args.profile, "--tables-dir", args.tables_dir, "--latency-ms", str(args.budget),
-              "--seed", str(args.seed), "--device", "cpu", "--shift-batches", str(args.shift_batches),
-              "--shift-update", args.shift_update, *(["--shift-lr", str(args.shift_lr)] if args.shift_lr else []), *evo]
+    from edgenas.pipeline import SearchJob, TrainJob
+    from edgenas.train import TrainConfig
+
+    common = SearchJob(profile=args.profile, tables_dir=args.tables_dir, latency_ms=args.budget, seed=args.seed,
+                       device="cpu", shift_batches=args.shift_batches, shift_update=args.shift_update,
+                       shift_lr=args.shift_lr or None, **evolution_fields(args))
     width = space.config_dict().get("width_mult", 1.0)
-    train_args = ["--space", space.name, "--width-mult", str(width), "--data", args.target,
-                  "--epochs", str(2 if args.quick else args.target_epochs), "--batch-size", str(args.target_batch_size),
-                  "--seed", str(args.seed), "--threads", "1",
-                  "--device", "cpu", *(["--resize", str(args.resize)] if args.resize else [])]
-    target_ckpt = cli_train(train_args, work / "target-supernet", "train on target")
+    train_job = TrainJob(data=DataConfig(name=args.target, resize=args.resize or None),
+                         train=TrainConfig(epochs=2 if args.quick else args.target_epochs,
+                                           batch_size=args.target_batch_size, seed=args.seed, threads=1, device="cpu"),
+                         space=space.name, space_options={"width_mult": width}, out=str(work / "target-supernet"))
+    target_ckpt = api_train(train_job, "train on target")
     target_sn, target_meta, _ = load_checkpoint(target_ckpt)
     if target_sn.space.config_hash() != space.config_hash():
         raise SystemExit(f"the target supernet's space differs from the source's ({target_sn.space.config_dict()})")
-    resize = ["--resize", str(args.resize)] if args.resize else []
-    transfer = ["--transfer-from", args.source, "--data", args.target, *resize, *common]
-    plans = {"target": ["--supernet", str(target_ckpt), *common], "transfer": transfer,
-             "transfer-frozen": [*transfer, "--freeze-backbone"]}
+    transfer = dataclasses.replace(common, transfer_from=args.source, data=args.target, resize=args.resize or None)
+    plans = {"target": dataclasses.replace(common, supernet=str(target_ckpt)), "transfer": transfer,
+             "transfer-frozen": dataclasses.replace(transfer, freeze_backbone=True)}
     dirs = {name: work / f"search-{name}" for name in plans}
-    runs = {name: cli_search(cmd, dirs[name], name) for name, cmd in plans.items()}
+    runs = {name: api_search(dataclasses.replace(job, out=str(dirs[name])), name) for name, job in plans.items()}
     data_cfg = DataConfig(**{**dict(target_meta.get("data") or {}), "train_limit": None})
     data = load_dataset(data_cfg)
     rows = []

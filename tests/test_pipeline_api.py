@@ -115,6 +115,13 @@ def test_a_registered_strategy_is_used_by_name_and_recorded(toy_strategy, small_
     assert len(toy_strategy) == 1 and toy_strategy[0].crossovers == 0
     assert "crossover" not in {c.origin for c in result.candidates}
     assert json.loads((tmp_path / "search.json").read_text())["config"]["strategy"] == "toy-local"
+    # the CLI's choices are the registry's: the new name parses, an unknown one is refused with the list
+    runner = CliRunner()
+    known = runner.invoke(cli, ["search", "--profile", "cpu-ort", "--strategy", "toy-local"])
+    assert known.exit_code == 2 and "exactly one of --supernet" in known.stderr
+    unknown = runner.invoke(cli, ["search", "--profile", "cpu-ort", "--strategy", "nope"])
+    assert unknown.exit_code == 2
+    assert unknown.stderr.strip() == "error: unknown search strategy 'nope'; known: evolution, random, toy-local"
 
 
 def test_the_score_cache_scores_each_architecture_once_and_changes_nothing(small_space, digits, tmp_path):

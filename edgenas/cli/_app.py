@@ -39,6 +39,39 @@ def cli() -> None:
     """
 
 
+class RegistryName(click.ParamType):
+    """A name in one of the registries (``module:ATTR``), checked when the option is parsed, so the
+    command's choices are the registry's, a newly registered entry included; the registry is imported
+    only then (the built-in spaces need torch)."""
+
+    name = "name"
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def registry(self) -> Any:
+        import importlib
+
+        module, attr = self.where.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is not None:
+            self.registry().get(value)  # an unknown name: one line listing the known ones
+        return value
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(n) for n in self.registry().names() if n.startswith(incomplete)]
+
+
+SPACE_NAME = RegistryName("edgenas.space:SPACES")
+STRATEGY_NAME = RegistryName("edgenas.search.strategies:STRATEGIES")
+SCORER_NAME = RegistryName("edgenas.search.scoring:SCORERS")
+BASELINE_NAME = RegistryName("edgenas.baselines:BASELINES")
+
+
 def _load_option_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """``--config FILE.yaml``: the file's keys (option names, with - or _) become the command's
     defaults, so options given on the command line override the file; an unknown key is an error."""

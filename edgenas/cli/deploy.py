@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from edgenas.cli._app import (
+    BASELINE_NAME,
     _config_option,
     _console,
     cli,
@@ -84,7 +85,7 @@ def finetune(ckpt: str, out_dir: str, data_root: str | None, device: str, resume
 
 @cli.command()
 @_config_option
-@click.option("--family", required=True,
+@click.option("--family", type=BASELINE_NAME, required=True,
               help="Hand-designed network family: mobilenetv3-small (torchvision), lcnet or mobilenetv4-small (timm); "
                    "randomly initialised.")
 @click.option("--data", "data_name", default="fashion-mnist", show_default=True)

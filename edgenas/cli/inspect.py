@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgenas.cli._app import (
+    SPACE_NAME,
     _config_option,
     cli,
 )
@@ -57,7 +58,7 @@ def space_list() -> None:
 
 @space.command("show")
 @_config_option
-@click.argument("name")
+@click.argument("name", type=SPACE_NAME)
 @click.option("--preset", default="small", show_default=True,
               help="Space preset: small (28-32 px) or imagenet (224 px).")
 @click.option("--input-size", type=int, default=28, show_default=True, help="Input side in pixels, for MACs.")
@@ -82,7 +83,7 @@ def space_show(name: str, preset: str, input_size: int) -> None:
 
 @space.command("sample")
 @_config_option
-@click.argument("name")
+@click.argument("name", type=SPACE_NAME)
 @click.option("-n", "count", type=int, default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--preset", default="small", show_default=True)

@@ -8,6 +8,7 @@ import json
 import click
 
 from edgenas.cli._app import (
+    SPACE_NAME,
     _config_option,
     _console,
     _parse_shape,
@@ -74,7 +75,7 @@ def profile_show(name: str, input_shape: str | None) -> None:
 @_config_option
 @click.option("--profile", "profile_name", required=True,
               help="Profile name (see `edgenas profile list`) or YAML path.")
-@click.option("--space", "space_name", default="mbv3", show_default=True)
+@click.option("--space", "space_name", type=SPACE_NAME, default="mbv3", show_default=True)
 @click.option("--preset", default=None, help="Space preset; default by input size (small < 112 px <= imagenet).")
 @click.option("--width-mult", type=float, default=None, help="Scale every width of the space.")
 @click.option("--input-shape", default=None, help="Network input C,H,W (default: the profile's).")

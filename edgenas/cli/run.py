@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from edgenas.cli._app import (
+    SPACE_NAME,
     _config_option,
     _console,
     cli,
@@ -22,7 +23,7 @@ from edgenas.cli._app import (
               help="Latency budget as a quantile of the space's predicted latency on this target (see search).")
 @click.option("--mflops", type=float, default=None, help="FLOPs budget, 1 multiply-add = 1 FLOP.")
 @click.option("--params-m", type=float, default=None, help="Parameter budget in millions.")
-@click.option("--space", "space_name", default="mbv3", show_default=True)
+@click.option("--space", "space_name", type=SPACE_NAME, default="mbv3", show_default=True)
 @click.option("--width-mult", type=float, default=0.5, show_default=True)
 @click.option("--epochs", type=int, default=3, show_default=True, help="Supernet training epochs.")
 @click.option("--weights", type=click.Choice(["auto", "separate", "shared"]), default="auto", show_default=True,

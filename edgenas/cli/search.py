@@ -7,6 +7,8 @@ import json
 import click
 
 from edgenas.cli._app import (
+    SCORER_NAME,
+    STRATEGY_NAME,
     _config_option,
     _console,
     cli,
@@ -42,9 +44,9 @@ from edgenas.cli._app import (
 @click.option("--mutation-prob", type=float, default=None)
 @click.option("--crossovers", type=int, default=None)
 @click.option("--seed", type=int, default=None)
-@click.option("--strategy", default="evolution", show_default=True,
+@click.option("--strategy", type=STRATEGY_NAME, default="evolution", show_default=True,
               help="Search strategy: evolution, random (random search, same evaluations) or a registered one.")
-@click.option("--scorer", default="supernet", show_default=True,
+@click.option("--scorer", type=SCORER_NAME, default="supernet", show_default=True,
               help="Candidate score: supernet (validation accuracy), params (parameter count) or a registered one.")
 @click.option("--shift/--no-shift", default=True, show_default=True,
               help="Supernet Shifting (default) or plain SPOS evolution.")

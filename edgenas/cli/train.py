@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from edgenas.cli._app import (
+    SPACE_NAME,
     _config_option,
     _console,
     _merge,
@@ -23,7 +24,8 @@ def _train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                      help="YAML with 'space', 'data' and 'train' sections; options given here override it."),
-        click.option("--space", "space_name", default=None, help="Search space (mbv3, spos). [default: mbv3]"),
+        click.option("--space", "space_name", type=SPACE_NAME, default=None,
+                     help="Search space (mbv3, spos or a registered one). [default: mbv3]"),
         click.option("--preset", default=None,
                      help="Space preset; default by input size (small < 112 px <= imagenet)."),
         click.option("--width-mult", type=float, default=None, help="Scale every width of the space."),

@@ -43,12 +43,12 @@ from edgenas.search.results import (
 from edgenas.search.strategies import STRATEGIES
 
 if TYPE_CHECKING:
-    from edgenas.search.pipeline import run_search
     from edgenas.search.scoring import SCORERS, CachedScorer, ScoreConfig, SupernetScorer
     from edgenas.search.shifting import ShiftConfig, SupernetShifting
+    from edgenas.search.supernet_search import run_search
     from edgenas.search.transfer import TransferResult, adapt_stem_input, transfer_supernet
 
-_LAZY = {"run_search": "pipeline", "SCORERS": "scoring", "CachedScorer": "scoring", "ScoreConfig": "scoring",
+_LAZY = {"run_search": "supernet_search", "SCORERS": "scoring", "CachedScorer": "scoring", "ScoreConfig": "scoring",
          "SupernetScorer": "scoring", "ShiftConfig": "shifting", "SupernetShifting": "shifting",
          "TransferResult": "transfer", "adapt_stem_input": "transfer", "transfer_supernet": "transfer"}
 
