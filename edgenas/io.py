@@ -7,6 +7,7 @@ files are only ever read with ``weights_only=True``: nothing is unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -24,6 +25,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_writable",
     "read_json",
     "read_model_checkpoint",
     "safe_torch_load",
@@ -35,6 +37,35 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_writable(path: str | os.PathLike[str], what: str, *, directory: bool) -> Path:
+    """Refuse, before any work starts, an output that cannot be written: a directory (or a file's
+    folder) that cannot be created, sits under a file, or does not take a new file. Nothing is left
+    behind: folders made for the probe are removed again. The message names the option and the
+    reason in one line."""
+    path = Path(path)
+    folder = path if directory else path.parent
+    if not directory and path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory; give a file path")
+    created = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".edgenas-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot write {what} {path}: {reason}; choose another location") from None
+    finally:
+        for made in created:  # deepest first
+            with contextlib.suppress(OSError):
+                made.rmdir()
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -317,6 +317,12 @@ def test_input_errors_exit_2_with_one_line(tmp_path, profile_file, bundle):
     assert "between 0 and 1" in run(str(bundle), "--tolerance", "150%")
     assert "did you mean 10%" in run(str(bundle), "--tolerance", "10")
     assert "--junit reports a check" in run(str(bundle), "--update", "--junit", str(tmp_path / "j.xml"))
+    (tmp_path / "a-file").write_text("x")
+    import edgenas.check
+
+    with pytest.MonkeyPatch.context() as patch:  # refused before anything is measured
+        patch.setattr(edgenas.check, "check_bundle", lambda *a, **k: pytest.fail("measured before refusing"))
+        assert "cannot write --junit" in run(str(bundle), "--junit", str(tmp_path / "a-file" / "j.xml"))
 
     data = (bundle / "model.onnx").read_bytes()
     (bundle / "model.onnx").write_bytes(b"definitely not protobuf")

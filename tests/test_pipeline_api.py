@@ -359,3 +359,28 @@ def test_budget_sampler_steers_a_custom_space_into_a_tight_budget():
     rng = np.random.default_rng(0)
     draws = [sampler(rng) for _ in range(50)]
     assert all(cost(a) <= 3.0 for a in draws) and len(set(draws)) > 10
+
+
+# ----- bad outputs and usage errors: one line, exit 2, before any work ---------------------------------------------
+@pytest.mark.parametrize("args", [
+    ["train", "--data", "digits", "--epochs", "1", "--out", "{file}/run"],
+    ["baseline", "--family", "lcnet", "--width", "0.5", "--data", "digits", "--out", "{file}/run"],
+    ["profile", "build", "--profile", "cpu-ort", "--out", "{file}/table.json"],
+])
+def test_an_unwritable_output_is_refused_before_any_work(args, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    res = CliRunner().invoke(cli, [a.replace("{file}", str(blocker)) for a in args])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and "cannot write --out" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing made, nothing measured
+
+
+def test_usage_errors_are_one_line():
+    runner = CliRunner()
+    for args, message in ((["space", "sample", "mbv3", "-n", "-1"], "-1 is not in the range x>=1"),
+                          (["space", "sample", "mbv3", "--colour"], "No such option '--colour'"),
+                          (["search", "--supernet", "x.pt"], "Missing option '--profile'")):
+        res = runner.invoke(cli, args)
+        assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+        assert res.stderr.startswith("error: ") and message in res.stderr and "--help)" in res.stderr

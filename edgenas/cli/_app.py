@@ -24,6 +24,10 @@ class _Group(click.Group):
         except EdgenasError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:  # one line like every other input error, not click's three
+            where = exc.ctx.command_path if exc.ctx is not None else "edgenas"
+            click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: the last completed checkpoint is kept; rerun with --resume", err=True)
             ctx.exit(130)

@@ -84,7 +84,7 @@ def space_show(name: str, preset: str, input_size: int) -> None:
 @space.command("sample")
 @_config_option
 @click.argument("name", type=SPACE_NAME)
-@click.option("-n", "count", type=int, default=5, show_default=True)
+@click.option("-n", "count", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--preset", default="small", show_default=True)
 def space_sample(name: str, count: int, seed: int, preset: str) -> None:

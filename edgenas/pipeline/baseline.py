@@ -43,10 +43,12 @@ def baseline(job: BaselineJob, progress: Progress | None = None) -> BaselineOutc
     from edgenas.data import DataConfig, load_dataset
     from edgenas.extract import data_facts
     from edgenas.hardware.profile import load_profile
+    from edgenas.io import check_writable
     from edgenas.torch_utils import resolve_device
 
     report = silent(progress)
-    get_family(job.family)  # an unknown name fails before the data is loaded
+    get_family(job.family)
+    check_writable(job.out, "--out", directory=True)  # an unknown name fails before the data is loaded
     data_cfg = DataConfig(name=job.data, val_limit=job.val_limit,
                           **({"root": job.data_root} if job.data_root is not None else {}))
     data = load_dataset(data_cfg)

@@ -42,7 +42,11 @@ def check(job: CheckJob, progress: Progress | None = None) -> CheckOutcome:
 
     if job.update and job.junit is not None:
         raise ConfigError("--junit reports a check; it does not apply to --update")
+    from edgenas.io import check_writable
+
     report = silent(progress)
+    if job.junit is not None:
+        check_writable(job.junit, "--junit", directory=False)  # before measuring, not after
     profile = load_profile(job.profile)
     if job.update:
         return CheckOutcome(report=None, baseline=update_baseline(job.bundle, profile, job.config,

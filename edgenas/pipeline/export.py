@@ -21,5 +21,7 @@ class ExportJob:
 def export(job: ExportJob, progress: Progress | None = None) -> Any:
     """Export, check, compare, quantize, measure, write; an :class:`edgenas.export.ExportResult`."""
     from edgenas.export import export_bundle
+    from edgenas.io import check_writable
 
+    check_writable(job.config.out_dir, "--out-dir", directory=True)
     return export_bundle(job.subnet, job.config, overwrite=job.overwrite, on_progress=silent(progress).message)

@@ -40,10 +40,13 @@ def extract(job: ExtractJob) -> ExtractOutcome:
     """Copy the path's weights into a plain network, recalibrate BN, score it on the test split, save it."""
     from edgenas.data import iterate_batches, load_dataset
     from edgenas.extract import data_facts, extract_subnet, load_run_supernet, resolve_run, save_subnet
+    from edgenas.io import check_writable
     from edgenas.supernet import evaluate
     from edgenas.torch_utils import resolve_device, to_device
 
     selection = resolve_run(job.run_dir, job.arch)
+    out = Path(job.out) if job.out else selection.run_dir / "subnet.pt"
+    check_writable(out, "--out", directory=False)
     data = load_dataset(selection.data_config)
     supernet, _ = load_run_supernet(selection)
     scoring = dict(selection.search.get("config", {}).get("scoring") or {})
@@ -58,7 +61,6 @@ def extract(job: ExtractJob) -> ExtractOutcome:
             "source": {"run_dir": str(selection.run_dir), "supernet": str(selection.supernet_path),
                        "search_best": selection.search["best"]["arch"]},
             "inherited": {"test": {"accuracy": test["accuracy"], "count": int(test["count"])}}}
-    out = Path(job.out) if job.out else selection.run_dir / "subnet.pt"
     save_subnet(out, subnet.cpu(), meta)
     return ExtractOutcome(path=out, arch=selection.arch, supernet_path=selection.supernet_path,
                           params=sum(p.numel() for p in subnet.parameters()), test_accuracy=float(test["accuracy"]),

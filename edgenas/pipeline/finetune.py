@@ -38,9 +38,11 @@ def finetune(job: FinetuneJob, progress: Progress | None = None) -> FinetuneOutc
     from edgenas.data import DataConfig, load_dataset
     from edgenas.extract import load_subnet
     from edgenas.finetune import finetune as run_finetune
+    from edgenas.io import check_writable
     from edgenas.torch_utils import resolve_device
 
     subnet, meta, _ = load_subnet(job.subnet)
+    check_writable(job.out, "--out", directory=True)
     saved = (meta.get("data") or {}).get("config")
     if not isinstance(saved, dict):
         raise ConfigError(f"{job.subnet} records no data config; extract it again with `edgenas extract`")

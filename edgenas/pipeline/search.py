@@ -126,6 +126,7 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
         loose_budget_warnings,
         quantile_budget,
     )
+    from edgenas.io import check_writable
     from edgenas.pipeline.table import find_table
     from edgenas.search import (
         EvolutionConfig,
@@ -143,6 +144,7 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
 
     report = silent(progress)
     source = _check_job(job)
+    check_writable(job.out, "--out", directory=True)
     STRATEGIES.get(job.strategy), SCORERS.get(job.scorer)  # unknown names fail before any loading
     _, meta, _ = load_checkpoint(source)
     sized = {"resize": job.resize} if job.resize is not None else {}

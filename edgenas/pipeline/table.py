@@ -98,6 +98,9 @@ def build_table(job: TableJob, progress: Progress | None = None) -> TableOutcome
     path = Path(job.out) if job.out else default_table_path(profile, space, preset, width_mult=job.width_mult)
     if path.exists() and not job.force:
         raise EdgenasError(f"{path} exists; pass --force to rebuild it or choose another --out")
+    from edgenas.io import check_writable
+
+    check_writable(path, "--out", directory=False)
     table = measure_table(space, profile, num_classes=job.num_classes, calib_samples=job.calib, seed=job.seed,
                           method=job.method or default_method(profile),  # type: ignore[arg-type]
                           on_progress=report.message)

@@ -67,11 +67,12 @@ def train(job: TrainJob, progress: Progress | None = None) -> TrainOutcome:
     """Train (or, with ``job.resume``, continue) a supernet; ``config.json`` records the job beside it."""
     from edgenas.config import to_mapping
     from edgenas.data import load_dataset
-    from edgenas.io import atomic_write_json
+    from edgenas.io import atomic_write_json, check_writable
     from edgenas.space import create_space, default_preset, space_to_dict
     from edgenas.train import train_supernet
 
     report = silent(progress)
+    check_writable(job.out, "--out", directory=True)  # before the data is loaded, let alone trained on
     splits = load_dataset(job.data)
     preset = job.preset or default_preset(splits.input_size)
     space = create_space(job.space, preset, **job.space_options)
