@@ -215,20 +215,17 @@ def list_datasets() -> list[str]:
 
 def load_dataset(cfg: DataConfig) -> DatasetSplits:
     """Load ``cfg.name`` and split it; raises :class:`DataError` with a fix for anything the user can fix."""
-    registry = {name: DATASETS.get(name) for name in DATASETS}
     prefix, sep, arg = cfg.name.partition(":")
     if sep:
-        loader = registry.get(f"{prefix}:PATH")
-        if loader is None:
+        if f"{prefix}:PATH" not in DATASETS:
             raise DataError(f"unknown dataset {cfg.name!r}; known: {_known_names()}")
         if not arg.strip():
             raise DataError(f"dataset {cfg.name!r} needs a path after the colon, e.g. {prefix}:/data/my-set")
-        return loader(cfg, arg)
-    loader = registry.get(cfg.name)
-    if loader is None:
-        hint = f" (did you mean {cfg.name}:PATH?)" if f"{cfg.name}:PATH" in registry else ""
+        return DATASETS.get(f"{prefix}:PATH")(cfg, arg)
+    if cfg.name not in DATASETS:
+        hint = f" (did you mean {cfg.name}:PATH?)" if f"{cfg.name}:PATH" in DATASETS else ""
         raise DataError(f"unknown dataset {cfg.name!r}{hint}; known: {_known_names()}")
-    return loader(cfg, None)
+    return DATASETS.get(cfg.name)(cfg, None)
 
 
 def iterate_batches(

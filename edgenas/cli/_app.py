@@ -130,15 +130,6 @@ def _protocol_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _warn(lines: list[str]) -> None:
-    for line in lines:
-        click.echo(f"warning: {line}", err=True)
-
-
-def _progress(message: str) -> None:
-    click.echo(message, err=True)
-
-
 def _console(quiet: bool = False, epochs: int = 0, generations: int = 0) -> Any:
     """The CLI's :class:`edgenas.pipeline.Progress`: stderr lines, a bar for training on a terminal;
     ``quiet`` (``--json``) keeps only warnings."""
@@ -207,7 +198,3 @@ def _console(quiet: bool = False, epochs: int = 0, generations: int = 0) -> Any:
                          f"{entry.inherited:.2%}  alone (test) {entry.standalone:.2%}")
 
     return Console()
-
-
-def _merge(section: dict[str, Any], **cli_values: Any) -> dict[str, Any]:
-    return {**section, **{k: v for k, v in cli_values.items() if v is not None}}

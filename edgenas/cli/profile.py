@@ -13,7 +13,6 @@ from edgenas.cli._app import (
     _console,
     _parse_shape,
     _protocol_options,
-    _warn,
     cli,
 )
 from edgenas.errors import ConfigError, EdgenasError
@@ -55,7 +54,8 @@ def profile_show(name: str, input_shape: str | None) -> None:
         from edgenas.hardware.table import LatencyTable, environment_warnings
 
         table = LatencyTable.load(name)
-        _warn(environment_warnings(table))
+        for line in environment_warnings(table):
+            _console().warning(line)
         env, cal = table.environment, table.calibration
         click.echo(table.summary())
         click.echo(f"space {table.space['name']} config {table.space_hash}; profile {table.profile_name} "

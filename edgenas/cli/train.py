@@ -13,10 +13,8 @@ from edgenas.cli._app import (
     SPACE_NAME,
     _config_option,
     _console,
-    _merge,
     cli,
 )
-from edgenas.errors import ConfigError
 
 
 # ----- train ---------------------------------------------------------------------------------------------
@@ -83,14 +81,10 @@ def train(config_file: str | None, space_name: str | None, preset: str | None, w
     from edgenas.pipeline import TrainJob
     from edgenas.pipeline import train as train_stage
 
-    sections = load_yaml(config_file) if config_file else {}
-    for key in ("data", "train", "space"):
-        if not isinstance(sections.get(key) or {}, dict):
-            raise ConfigError(f"{config_file}: '{key}' must be a mapping")
-    data = _merge(sections.get("data") or {}, name=data_name, root=data_root, resize=resize, train_limit=train_limit)
-    space_section = _merge(sections.get("space") or {}, name=space_name, preset=preset, width_mult=width_mult)
-    job = TrainJob.from_sections({**sections, "data": data, "train": _merge(sections.get("train") or {}, **train_opts),
-                                  "space": space_section}, where=config_file or "options", out=out_dir, resume=resume)
+    options = {"data": dict(name=data_name, root=data_root, resize=resize, train_limit=train_limit),
+               "space": dict(name=space_name, preset=preset, width_mult=width_mult), "train": train_opts}
+    job = TrainJob.from_sections(load_yaml(config_file) if config_file else {}, where=config_file or "options",
+                                 overrides=options, out=out_dir, resume=resume)
     result = train_stage(job, _console(quiet=as_json, epochs=job.train.epochs))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

@@ -47,8 +47,8 @@ def baseline(job: BaselineJob, progress: Progress | None = None) -> BaselineOutc
     from edgenas.torch_utils import resolve_device
 
     report = silent(progress)
-    get_family(job.family)
-    check_writable(job.out, "--out", directory=True)  # an unknown name fails before the data is loaded
+    get_family(job.family)  # an unknown name fails before the data is loaded
+    check_writable(job.out, "--out", directory=True)
     data_cfg = DataConfig(name=job.data, val_limit=job.val_limit,
                           **({"root": job.data_root} if job.data_root is not None else {}))
     data = load_dataset(data_cfg)

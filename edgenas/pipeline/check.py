@@ -38,12 +38,10 @@ def check(job: CheckJob, progress: Progress | None = None) -> CheckOutcome:
     """Time the bundle and the reference interleaved and compare the ratio with the baseline (or record it)."""
     from edgenas.check import check_bundle, update_baseline
     from edgenas.hardware.profile import load_profile
-    from edgenas.io import atomic_write_text
+    from edgenas.io import atomic_write_text, check_writable
 
     if job.update and job.junit is not None:
         raise ConfigError("--junit reports a check; it does not apply to --update")
-    from edgenas.io import check_writable
-
     report = silent(progress)
     if job.junit is not None:
         check_writable(job.junit, "--junit", directory=False)  # before measuring, not after

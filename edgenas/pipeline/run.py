@@ -76,11 +76,11 @@ class RunOutcome:
 
 def run(job: RunJob, progress: Progress | None = None) -> RunOutcome:
     """Train, table, search, extract, fine-tune, export and check, skipping finished stages on resume."""
-    from edgenas.check import CheckConfig, check_bundle, update_baseline
     from edgenas.data import DataConfig, load_dataset
     from edgenas.export import ExportConfig
     from edgenas.finetune import FinetuneConfig
     from edgenas.hardware.profile import load_profile
+    from edgenas.pipeline.check import CheckJob, check
     from edgenas.pipeline.export import ExportJob, export
     from edgenas.pipeline.extract import ExtractJob, extract
     from edgenas.pipeline.finetune import FinetuneJob, finetune
@@ -161,9 +161,8 @@ def run(job: RunJob, progress: Progress | None = None) -> RunOutcome:
         log.finish("export", t, bundle=str(bundle), manifest=str(bundle / "manifest.json"))
     verdict = (log.stages.get("check") or {}).get("verdict")
     if (t := stage("check")) is not None:
-        config = CheckConfig()
-        update_baseline(bundle, prof, config, on_progress=report.message)
-        checked = check_bundle(bundle, prof, config, on_progress=report.message)
+        check(CheckJob(bundle=str(bundle), profile=job.profile, update=True), report)
+        checked = check(CheckJob(bundle=str(bundle), profile=job.profile), report).report
         report.message(checked.render(use_rich=False))
         verdict = checked.verdict
         log.finish("check", t, verdict=checked.verdict, exit_code=checked.exit_code)

@@ -70,11 +70,12 @@ class SearchOutcome:
     out: Path = Path("runs/search")
 
     @property
-    def recommended(self) -> Any:
-        """The architecture to ship: the best finalist measured within budget, else the best score."""
-        if self.measured is not None and self.measured.recommended is not None:
-            return self.measured.recommended.arch
-        return self.result.best.arch
+    def recommended(self) -> str:
+        """The architecture to ship, as ``extract`` picks it (:func:`edgenas.search.verify.deployable_arch`)."""
+        from edgenas.search.results import result_to_json
+        from edgenas.search.verify import deployable_arch
+
+        return deployable_arch(result_to_json(self.result))
 
 
 def check_latency_options(latency_ms: float | None, latency_quantile: float | None) -> None:
@@ -132,7 +133,6 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
         EvolutionConfig,
         SearchHook,
         ShiftConfig,
-        check_feasible,
         latency_cost,
         make_budget_constraints,
         run_search,
@@ -146,7 +146,7 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
     source = _check_job(job)
     check_writable(job.out, "--out", directory=True)
     STRATEGIES.get(job.strategy), SCORERS.get(job.scorer)  # unknown names fail before any loading
-    _, meta, _ = load_checkpoint(source)
+    loaded, meta, _ = load_checkpoint(source)
     sized = {"resize": job.resize} if job.resize is not None else {}
     data_cfg = checkpoint_data_config(meta, source, job.data, job.data_root, val_limit=job.val_limit, **sized)
     data = load_dataset(data_cfg)
@@ -157,7 +157,7 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
         transferred = transfer_supernet(job.transfer_from, data, seed=job.seed or 0)
         supernet, notes = transferred.supernet, list(transferred.notes)
     else:
-        supernet, _, _ = load_checkpoint(source)
+        supernet = loaded
     space = supernet.space
     prof = load_profile(job.profile, input_shape=(data.in_channels, *data.input_size))
     table_file = Path(job.table) if job.table else find_table(space, prof, job.tables_dir)
@@ -174,7 +174,6 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
         space, input_hw=tuple(data.input_size), in_channels=data.in_channels, num_classes=data.num_classes,
         latency_ms=budgets.latency_ms, mflops=budgets.mflops, params_m=budgets.params_m,
         latency=latency_cost(table, space))
-    check_feasible(constraints)  # an impossible budget fails here, naming the smallest reachable values
     for line in loose_budget_warnings(space, table, budgets):
         report.warning(line)
     evo_fields = {k: v for k, v in dict(population=job.population, generations=job.generations, topk=job.topk,

@@ -86,6 +86,7 @@ def build_table(job: TableJob, progress: Progress | None = None) -> TableOutcome
     from edgenas.hardware.profile import load_profile
     from edgenas.hardware.table import build_table as measure_table
     from edgenas.hardware.table import default_method
+    from edgenas.io import check_writable
     from edgenas.space import create_space, default_preset
 
     report = silent(progress)
@@ -98,8 +99,6 @@ def build_table(job: TableJob, progress: Progress | None = None) -> TableOutcome
     path = Path(job.out) if job.out else default_table_path(profile, space, preset, width_mult=job.width_mult)
     if path.exists() and not job.force:
         raise EdgenasError(f"{path} exists; pass --force to rebuild it or choose another --out")
-    from edgenas.io import check_writable
-
     check_writable(path, "--out", directory=False)
     table = measure_table(space, profile, num_classes=job.num_classes, calib_samples=job.calib, seed=job.seed,
                           method=job.method or default_method(profile),  # type: ignore[arg-type]

@@ -32,21 +32,28 @@ class TrainJob:
     resume: bool = False
 
     @classmethod
-    def from_sections(cls, sections: dict[str, Any], where: str = "config", **fields: Any) -> TrainJob:
-        """A job from a mapping with ``space``, ``data`` and ``train`` sections (a ``--config`` file);
-        ``fields`` (``out``, ``resume``) are set directly."""
+    def from_sections(cls, sections: dict[str, Any], where: str = "config",
+                      overrides: dict[str, dict[str, Any]] | None = None, **fields: Any) -> TrainJob:
+        """A job from a mapping with ``space``, ``data`` and ``train`` sections (a ``--config`` file).
+        ``overrides`` (per section; ``None`` values ignored) win over the file, as command-line options
+        do; ``fields`` (``out``, ``resume``) are set directly."""
         from edgenas.config import from_mapping
 
         unknown = sorted(set(sections) - {"space", "data", "train"})
         if unknown:
             raise ConfigError(f"{where}: unknown section '{unknown[0]}' (known: space, data, train)")
-        space_section = dict(sections.get("space") or {})
-        if not isinstance(space_section, dict):
-            raise ConfigError(f"{where}: 'space' must be a mapping")
+        merged = {}
+        for key in ("space", "data", "train"):
+            section = sections.get(key) or {}
+            if not isinstance(section, dict):
+                raise ConfigError(f"{where}: '{key}' must be a mapping")
+            given = (overrides or {}).get(key) or {}
+            merged[key] = {**section, **{k: v for k, v in given.items() if v is not None}}
+        space_section = merged["space"]
         name = space_section.pop("name", "mbv3")
         preset = space_section.pop("preset", None)
-        return cls(data=from_mapping(DataConfig, dict(sections.get("data") or {}), where=f"{where}: data"),
-                   train=from_mapping(TrainConfig, dict(sections.get("train") or {}), where=f"{where}: train"),
+        return cls(data=from_mapping(DataConfig, merged["data"], where=f"{where}: data"),
+                   train=from_mapping(TrainConfig, merged["train"], where=f"{where}: train"),
                    space=str(name), preset=preset, space_options=space_section, **fields)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from edgenas.errors import ConfigError, InfeasibleBudgetError, SpaceError
 from edgenas.search.evolution import Constraint
 from edgenas.space.arch import Arch
+from edgenas.space.walk import walk_into_range
 
 if TYPE_CHECKING:
     from torch import nn
@@ -231,7 +232,8 @@ def budget_sampler(space: SearchSpace,
     draws a uniform sample and, only if it is over the budget, re-draws random layers towards cheaper
     choices until it fits (:meth:`SearchSpace.sample_in_range`); a sample that already fits is kept
     as drawn. Other constraints are still checked by the loop. ``None`` when no budget is additive.
-    A space without ``sample_in_range`` (a custom one) is steered the same way by :func:`_steer_down`.
+    A space without ``sample_in_range`` (a custom one) has its own sample walked down the same way
+    (:func:`edgenas.space.walk.walk_into_range`).
     """
     best: tuple[float, Budget] | None = None
     for c in constraints:
@@ -250,31 +252,11 @@ def budget_sampler(space: SearchSpace,
         try:
             if callable(getattr(space, "sample_in_range", None)):
                 return space.sample_in_range(rng, cost.rows, -math.inf, high_raw, base=cost.fixed)
-            return _steer_down(space, rng, cost, high_raw)
+            drawn = space.sample(rng)  # any space: walk its own sample down into the budget
+            choices = walk_into_range(rng, cost.rows, drawn.choices, -math.inf, high_raw, base=cost.fixed)
+            return space.validate(Arch(drawn.space, drawn.version, tuple(choices)))
         except SpaceError:  # cannot happen above the floor; the loop's rejection still guards it
             return space.sample(rng)
 
     return sample
 
-
-def _steer_down(space: Any, rng: np.random.Generator, cost: AdditiveCost, high_raw: float,
-                max_steps: int = 2000) -> Arch:
-    """A uniform ``space.sample``; while over ``high_raw``, one random layer takes a random cheaper choice.
-
-    Works for any space whose architectures index ``cost.rows`` layer by layer (what an
-    :class:`AdditiveCost` for it means); the result is checked with ``space.validate``.
-    """
-    arch = space.sample(rng)
-    choices = list(arch.choices)
-    rows = [np.asarray(row, dtype=float) for row in cost.rows]
-    total = cost.fixed + sum(float(row[c]) for row, c in zip(rows, choices))
-    for _ in range(max_steps):
-        if total <= high_raw:
-            return space.validate(Arch(arch.space, arch.version, tuple(choices)))
-        i = int(rng.integers(len(rows)))
-        cheaper = np.flatnonzero(rows[i] < rows[i][choices[i]])
-        if cheaper.size:
-            new = int(rng.choice(cheaper))
-            total += float(rows[i][new] - rows[i][choices[i]])
-            choices[i] = new
-    raise SpaceError(f"no architecture found under the raw cost {high_raw:.4g}")

@@ -14,7 +14,7 @@ once (the search wraps it so when it does not shift the supernet).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,8 +113,6 @@ class CachedScorer:
     def __call__(self, arch: Arch) -> Any:
         if arch in self.cache:
             self.hits += 1
-            value = self.cache[arch]
-            return (value[0], dict(value[1])) if isinstance(value, tuple) and isinstance(value[1], Mapping) else value
-        value = self.scorer(arch)
-        self.cache[arch] = value
-        return value
+        else:
+            self.cache[arch] = self.scorer(arch)
+        return self.cache[arch]

@@ -59,8 +59,8 @@ def _settings(supernet: Supernet, data: DatasetSplits, constraints: Sequence[Con
               scorer: str) -> dict[str, Any]:
     """What decides the result; a resume must match it (device and threads do not matter). The strategy
     and scorer appear only when they are not the defaults, so runs from before they existed resume."""
-    chosen = {k: v for k, v in (("strategy", strategy), ("scorer", scorer))
-              if v != {"strategy": "evolution", "scorer": "supernet"}[k]}
+    chosen = {**({"strategy": strategy} if strategy != "evolution" else {}),
+              **({"scorer": scorer} if scorer != "supernet" else {})}
     return {
         **chosen,
         "evolution": to_mapping(evolution),

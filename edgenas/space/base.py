@@ -23,6 +23,7 @@ from torch import nn
 from edgenas.errors import SpaceError
 from edgenas.space.arch import Arch
 from edgenas.space.blocks import Head, conv_out
+from edgenas.space.walk import walk_into_range
 
 __all__ = ["LayerSpec", "SearchSpace", "Subnet"]
 
@@ -148,21 +149,8 @@ class SearchSpace(ABC):
         choice when above, a dearer one when below). Used for FLOPs-bin-uniform sampling, where
         plain rejection sampling would almost never reach the extreme bins.
         """
-        cost = [np.asarray(row, dtype=float) for row in cost]
-        choices = [int(rng.integers(len(row))) for row in cost]
-        total = base + sum(row[c] for row, c in zip(cost, choices))
-        for _ in range(max_steps):
-            if low <= total <= high:
-                return self.arch(choices)
-            i = int(rng.integers(len(cost)))
-            row, cur = cost[i], choices[i]
-            options = np.flatnonzero(row < row[cur]) if total > high else np.flatnonzero(row > row[cur])
-            if options.size == 0:
-                continue
-            new = int(rng.choice(options))
-            total += row[new] - row[cur]
-            choices[i] = new
-        raise SpaceError(f"no architecture found with cost in [{low:.4g}, {high:.4g}]")
+        start = [int(rng.integers(len(row))) for row in cost]
+        return self.arch(walk_into_range(rng, cost, start, low, high, base, max_steps))
 
     def sample_flops_uniform(self, rng: np.random.Generator, input_hw: tuple[int, int], bins: int = 10) -> Arch:
         """SPOS-style sampling: pick one of ``bins`` equal MAC intervals uniformly, then an
