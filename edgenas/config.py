@@ -9,6 +9,7 @@ strict as the Python API.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -18,9 +19,41 @@ import yaml
 
 from edgenas.errors import ConfigError
 
-__all__ = ["from_mapping", "load_yaml", "to_mapping"]
+__all__ = ["from_mapping", "load_yaml", "short", "to_mapping"]
 
 T = TypeVar("T")
+
+# Configs and profiles are a few hundred bytes; these limits are far above any real one and far
+# below what a hostile file needs to exhaust memory or time.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+_SHORT.maxlevel = 3
+
+
+def short(value: Any) -> str:
+    """A value as an error message quotes it: a bounded prefix, whatever the value's size or depth."""
+    return _SHORT.repr(value)
+
+
+def _count_values(data: Any, limit: int) -> int:
+    """Values in ``data`` with aliases expanded, counted up to ``limit``: YAML anchors let a few
+    hundred bytes stand for billions of values, which any later walk or message would expand."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return count
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -28,13 +61,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {size} bytes is too large for a config (the limit is {MAX_YAML_BYTES})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+        raise ConfigError(f"{path}: malformed YAML{where}: {short(problem)[1:-1]}") from None
+    if _count_values(data, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise ConfigError(f"{path}: more than {MAX_YAML_VALUES} values once its YAML aliases are expanded; "
+                          "write the values out instead of nesting aliases")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -58,11 +97,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 return _coerce(value, arg, key, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: '{key}' has an invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: '{key}' has an invalid value {short(value)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"{where}: '{key}' must be one of {', '.join(map(str, allowed))}, not {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be one of {', '.join(map(str, allowed))}, not {short(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -85,19 +124,19 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return from_mapping(tp, value, where=f"{where}: {key}")
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: '{key}' must be true or false, not {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be true or false, not {short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: '{key}' must be an integer, not {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be an integer, not {short(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: '{key}' must be a number, not {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be a number, not {short(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: '{key}' must be a string, not {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be a string, not {short(value)}")
         return value
     return value
 
@@ -110,7 +149,7 @@ def from_mapping(cls: type[T], data: dict[str, Any], where: str = "config") -> T
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(fields)})")
+        raise ConfigError(f"{where}: unknown key {short(unknown[0])} (known: {', '.join(fields)})")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():

@@ -266,6 +266,20 @@ def _npz_labels(y: np.ndarray, key: str, path: Path, n: int) -> torch.Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
+def _classes_from_labels(labels: torch.Tensor, path: Path) -> tuple[str, ...]:
+    """Class names ``0..max`` when the file gives none. Labels that leave most of those classes
+    empty are IDs, not class indices (a label of 1,000,000 would otherwise make a 1,000,001-way
+    classifier), and are refused rather than guessed at."""
+    count = max(int(labels.max()), 0) + 1 if labels.numel() else 0
+    present = int(torch.unique(labels).numel())
+    if labels.numel() and int(labels.min()) >= 0 and present * 2 < count:  # negatives: the label check says so
+        raise DataError(
+            f"{path}: labels run to {count - 1} but only {present} of the {count} classes 0..{count - 1} occur; "
+            "labels must be class indices 0..K-1: remap them, or save class_names to declare the K classes"
+        )
+    return tuple(str(c) for c in range(count))
+
+
 def load_npz(cfg: DataConfig, arg: str | None) -> DatasetSplits:
     """Arrays ``x``/``y`` (+ optional ``x_test``/``y_test``, ``class_names``) from a numpy .npz file."""
     path = Path(str(arg)).expanduser()
@@ -321,7 +335,7 @@ def load_npz(cfg: DataConfig, arg: str | None) -> DatasetSplits:
             raise DataError(f"{path}: 'class_names' must be a 1-D string array, got {names.dtype} {names.shape}")
         class_names = tuple(str(n) for n in names.tolist())
     else:
-        class_names = tuple(str(c) for c in range(int(all_labels.max()) + 1))
+        class_names = _classes_from_labels(all_labels, path)
     _check_labels(all_labels, len(class_names), str(path))
     return _array_splits(cfg.name, cfg, train_images, train_labels, test_images, test_labels, class_names)
 
@@ -335,6 +349,17 @@ def _image_transform(size: tuple[int, int], mean: Sequence[float] | None, std: S
     return transforms.Compose(steps)
 
 
+def _decode_image(path: str) -> Any:
+    """torchvision's loader, but a file that is not an image is one line naming it, wherever in the
+    folder it sits (a module-level function, so data-loader workers can pickle it)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as e:  # PIL raises several types for truncated or foreign files
+        raise DataError(f"cannot decode image {path} ({_first_line(e)[:100]}); remove or replace the file") from None
+
+
 def load_imagefolder(cfg: DataConfig, arg: str | None) -> DatasetSplits:
     """torchvision ImageFolder layout, decoded lazily; images are RGB and all resized to one size.
 
@@ -344,7 +369,6 @@ def load_imagefolder(cfg: DataConfig, arg: str | None) -> DatasetSplits:
     order), which is within ~1% of the full-set value for natural images and avoids a full decode pass.
     """
     from torchvision.datasets import ImageFolder
-    from torchvision.datasets.folder import default_loader
 
     path = Path(str(arg)).expanduser()
     if not path.is_dir():
@@ -353,7 +377,7 @@ def load_imagefolder(cfg: DataConfig, arg: str | None) -> DatasetSplits:
 
     def folder(directory: Path) -> ImageFolder:
         try:
-            return ImageFolder(str(directory))
+            return ImageFolder(str(directory), loader=_decode_image)
         except (FileNotFoundError, ValueError) as e:
             raise DataError(
                 f"no images found in {directory} ({_first_line(e)}); expected "
@@ -377,12 +401,12 @@ def load_imagefolder(cfg: DataConfig, arg: str | None) -> DatasetSplits:
     if cfg.resize is not None:
         size = (cfg.resize, cfg.resize)
     else:
-        first = default_loader(train_folder.samples[int(train_idx[0])][0])
+        first = _decode_image(train_folder.samples[int(train_idx[0])][0])
         size = (first.height, first.width)
     if cfg.normalize:
         to_tensor = _image_transform(size, None, None)
         sample = torch.stack(
-            [to_tensor(default_loader(train_folder.samples[int(i)][0])) for i in train_idx[:IMAGEFOLDER_STATS_SAMPLES]]
+            [to_tensor(_decode_image(train_folder.samples[int(i)][0])) for i in train_idx[:IMAGEFOLDER_STATS_SAMPLES]]
         )
         mean_t = sample.mean(dim=(0, 2, 3))
         std_t = sample.std(dim=(0, 2, 3), unbiased=False)

@@ -24,7 +24,7 @@ import torch
 from edgenas.config import from_mapping, to_mapping
 from edgenas.data import DataConfig, DatasetSplits
 from edgenas.errors import CheckpointError, EdgenasError, SpaceError
-from edgenas.io import read_json, read_model_checkpoint, save_model_checkpoint
+from edgenas.io import meta_int, read_json, read_model_checkpoint, save_model_checkpoint
 from edgenas.search.verify import deployable_arch
 from edgenas.space import Arch, Subnet, space_from_dict, space_to_dict
 from edgenas.supernet import Supernet, inherit_subnet, load_checkpoint, recalibrate_bn
@@ -74,14 +74,24 @@ def resolve_run(run_dir: str | Path, arch: str | None = None) -> RunSelection:
     candidate = run / supernet_name if supernet_name else Path(str(doc.get("source", "")))
     if not candidate.is_file():
         raise CheckpointError(f"the supernet of {run} ({candidate}) is missing")
-    space = space_from_dict(doc["config"]["space"])
-    text = arch if arch is not None else deployable_arch(doc)
+    config = doc.get("config")
+    data = doc.get("data")
+    if not data and isinstance(config, dict) and config.get("data"):  # results from before "data" was recorded
+        data = {"name": config["data"]}
+    if not isinstance(config, dict) or not isinstance(config.get("space"), dict) or not isinstance(data, dict):
+        raise EdgenasError(f"{doc_path} lacks the search's config (space and data): it was cut short or edited; "
+                           "rerun the search")
+    try:
+        space = space_from_dict(config["space"])
+        text = arch if arch is not None else deployable_arch(doc)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EdgenasError(f"{doc_path} is not a readable search result ({type(exc).__name__}: "
+                           f"{str(exc)[:80]}); rerun the search") from None
     try:
         chosen = space.parse(text)
     except SpaceError as exc:
         raise SpaceError(f"--arch does not belong to the searched space {space.name}: {exc}") from None
-    data_cfg = from_mapping(DataConfig, {**dict(doc.get("data") or {"name": doc["config"]["data"]}),
-                                         "train_limit": None}, where=f"{doc_path}: data")
+    data_cfg = from_mapping(DataConfig, {**dict(data), "train_limit": None}, where=f"{doc_path}: data")
     return RunSelection(run, chosen, candidate, data_cfg, doc)
 
 
@@ -139,9 +149,9 @@ def load_subnet(path: str | Path) -> tuple[Subnet, dict[str, Any], dict[str, Any
     try:
         space = space_from_dict(meta["space"])
         arch = space.parse(meta["arch"])
-        subnet = space.build_subnet(arch, int(meta["num_classes"]), int(meta["in_channels"]))
+        subnet = space.build_subnet(arch, meta_int(meta, "num_classes", path), meta_int(meta, "in_channels", path))
         subnet.load_state_dict(state, strict=True)
-    except (KeyError, RuntimeError, SpaceError) as exc:
+    except (KeyError, TypeError, RuntimeError, SpaceError) as exc:
         raise CheckpointError(f"{path} does not match its architecture: {str(exc).splitlines()[0][:160]}") from None
     return subnet.eval(), meta, train_state
 

@@ -8,10 +8,13 @@ files are only ever read with ``weights_only=True``: nothing is unpickled.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
 import tempfile
+import time
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +29,10 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "check_writable",
+    "meta_int",
     "read_json",
     "read_model_checkpoint",
+    "remove_stale_temps",
     "safe_torch_load",
     "save_model_checkpoint",
 ]
@@ -68,10 +73,50 @@ def check_writable(path: str | os.PathLike[str], what: str, *, directory: bool) 
     return path
 
 
+STALE_TMP_AGE_S = 3600.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that interrupted writes of ``path`` left beside it (``kill -9``
+    or a full disk between write and rename). A temp file names its writer's pid; it is stale when
+    that process is gone, or, for a name without a pid, when it is over an hour old. Returns what
+    was removed."""
+    path = Path(path)
+    removed: list[Path] = []
+    prefix = f".{path.name}."
+    if not path.parent.is_dir():
+        return removed
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        middle = tmp.name[len(prefix):-len(".tmp")]
+        pid_text = middle.split(".")[0]
+        try:
+            if pid_text.isdigit():
+                stale = int(pid_text) != os.getpid() and not _alive(int(pid_text))
+            else:
+                stale = time.time() - tmp.stat().st_mtime > STALE_TMP_AGE_S
+            if stale:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue  # another writer removed it first, or it is not ours to remove
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results should read like any other file
         with os.fdopen(fd, "wb") as fh:
@@ -119,9 +164,21 @@ def read_model_checkpoint(path: str | os.PathLike[str], what: str = "checkpoint"
     """``(state dict, meta, train_state or None)`` of a file :func:`save_model_checkpoint` wrote;
     anything else is a one-line :class:`~edgenas.errors.CheckpointError` naming ``what`` was expected."""
     blob = safe_torch_load(path)
-    if not isinstance(blob, dict) or not isinstance(blob.get("meta"), dict) or "model" not in blob:
+    if not isinstance(blob, dict) or not isinstance(blob.get("meta"), dict) or not isinstance(blob.get("model"), dict):
         raise CheckpointError(f"{path} is not an edgenas {what}")
     return blob["model"], blob["meta"], blob.get("train_state")
+
+
+def meta_int(meta: dict[str, Any], key: str, path: str | os.PathLike[str], minimum: int = 1) -> int:
+    """An integer field of checkpoint metadata (a class or channel count), or one line naming it:
+    a hand-edited or foreign file must not reach ``int()`` and a traceback."""
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        from edgenas.config import short
+
+        got = "missing" if key not in meta else f"{short(value)}"
+        raise CheckpointError(f"{path}: checkpoint metadata '{key}' must be an integer >= {minimum}, not {got}")
+    return value
 
 
 def safe_torch_load(path: str | os.PathLike[str]) -> Any:
@@ -135,7 +192,9 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "Weights only load failed" in first:
+        if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+            first = "not a torch checkpoint: torch.save writes a zip archive"
+        elif "Weights only load failed" in first:
             first = "it holds pickled objects besides tensors; edgenas never unpickles them"
         raise CheckpointError(
             f"cannot read checkpoint {path}: corrupt or not an edgenas checkpoint ({first[:120]})"

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edgenas.errors import CheckpointError, ConfigError
-from edgenas.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from edgenas.io import atomic_torch_save, atomic_write_json, meta_int, read_model_checkpoint
 from edgenas.space import Arch, SearchSpace, Subnet, space_from_dict, space_to_dict
 from edgenas.space.elastic import slice_like
 
@@ -217,10 +217,7 @@ def load_checkpoint(
     """Load a supernet checkpoint; a corrupt file, a foreign file or a space mismatch is a
     :class:`CheckpointError` with one line saying which."""
     path = Path(path)
-    blob = safe_torch_load(path)
-    if not isinstance(blob, dict) or "model" not in blob or not isinstance(blob.get("meta"), dict):
-        raise CheckpointError(f"{path} is not an edgenas supernet checkpoint")
-    meta = blob["meta"]
+    state, meta, train_state = read_model_checkpoint(path, "supernet checkpoint")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
     try:
@@ -235,12 +232,9 @@ def load_checkpoint(
     weights = meta.get("weights", "separate")  # files from before shared weights existed are separate
     if weights not in WEIGHT_LAYOUTS or (weights == "shared" and not saved_space.supports_shared):
         raise CheckpointError(f"{path}: unknown supernet weight layout {weights!r} for space {saved_space.name}")
+    supernet = Supernet(saved_space, meta_int(meta, "num_classes", path), meta_int(meta, "in_channels", path), weights)
     try:
-        supernet = Supernet(saved_space, int(meta["num_classes"]), int(meta["in_channels"]), weights)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: bad checkpoint metadata ({type(exc).__name__}: {exc})") from None
-    try:
-        missing, unexpected = supernet.load_state_dict(blob["model"], strict=False)
+        missing, unexpected = supernet.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not match its space: {str(exc).splitlines()[-1].strip()[:160]}") from None
     if missing or unexpected:
@@ -248,4 +242,4 @@ def load_checkpoint(
             f"{path} does not match its space: {len(missing)} missing and {len(unexpected)} unexpected tensors"
             + (f" (e.g. {(missing or unexpected)[0]})" if missing or unexpected else "")
         )
-    return supernet, meta, blob.get("train_state")
+    return supernet, meta, train_state

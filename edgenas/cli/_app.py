@@ -3,6 +3,7 @@ the console progress display and option helpers. Commands live in the modules be
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,15 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: the last completed checkpoint is kept; rerun with --resume", err=True)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a case no check foresaw: still one line, and never exit 1 (a regression)
+            if os.environ.get("EDGENAS_DEBUG"):
+                raise
+            text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            click.echo(f"error: unexpected {type(exc).__name__}{': ' + text if text else ''} (likely a bug in "
+                       "edgenas or an input it does not check yet; EDGENAS_DEBUG=1 shows the traceback)", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,7 +91,7 @@ def _load_option_file(ctx: click.Context, _param: click.Parameter, value: str | 
     defaults, so options given on the command line override the file; an unknown key is an error."""
     if value is None:
         return None
-    from edgenas.config import load_yaml
+    from edgenas.config import load_yaml, short
 
     names: dict[str, str] = {}
     for param in ctx.command.params:
@@ -95,7 +105,7 @@ def _load_option_file(ctx: click.Context, _param: click.Parameter, value: str | 
         name = names.get(str(key).replace("_", "-"))
         if name is None:
             known = ", ".join(sorted(k for k in names if "_" not in k and not k.startswith("no-")))
-            raise ConfigError(f"{value}: unknown option '{key}' for `{ctx.command_path}` (known: {known})")
+            raise ConfigError(f"{value}: unknown option {short(key)} for `{ctx.command_path}` (known: {known})")
         values[name] = item
     ctx.default_map = {**(ctx.default_map or {}), **values}
     return value

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgenas.config import from_mapping, load_yaml, to_mapping
+from edgenas.config import from_mapping, load_yaml, short, to_mapping
 from edgenas.errors import ConfigError
 
 __all__ = ["Budgets", "MeasureSettings", "Profile", "list_profiles", "load_profile", "profile_dirs"]
@@ -54,7 +54,7 @@ class MeasureSettings:
         _check(self.repeats >= 1, f"'repeats' must be >= 1, not {self.repeats}")
         _check(self.trials >= 1, f"'trials' must be >= 1, not {self.trials}")
         _check(self.statistic in ("median", "mean", "p90"),
-               f"'statistic' must be one of median, mean, p90, not {self.statistic!r}")
+               f"'statistic' must be one of median, mean, p90, not {short(self.statistic)}")
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,9 @@ class Profile:
                              ("precision", ("fp32", "fp16", "int8")),
                              ("graph_optimization", ("disable", "basic", "extended", "all"))):
             value = getattr(self, key)
-            _check(value in allowed, f"'{key}' must be one of {', '.join(allowed)}, not {value!r}")
+            _check(value in allowed, f"'{key}' must be one of {', '.join(allowed)}, not {short(value)}")
         _check(bool(_NAME_RE.match(self.name)),
-               f"'name' must be letters, digits, '.', '_' or '-' (it is the file name), not {self.name!r}")
+               f"'name' must be letters, digits, '.', '_' or '-' (it is the file name), not {short(self.name)}")
         _check(len(self.input_shape) == 3 and all(int(d) >= 1 for d in self.input_shape),
                f"'input_shape' must be three positive sizes [C, H, W], not {list(self.input_shape)}")
         _check(self.threads >= 1, f"'threads' must be >= 1, not {self.threads}")
@@ -119,7 +119,7 @@ class Profile:
             assert self.provider is not None
             _check(self.provider.endswith("ExecutionProvider"),
                    f"'provider' must name an onnxruntime execution provider such as CPUExecutionProvider, "
-                   f"not {self.provider!r}")
+                   f"not {short(self.provider)}")
             if self.provider in _CUDA_PROVIDERS:
                 _check(self.device == "cuda", f"'provider' {self.provider} needs device cuda, not {self.device}")
             if self.provider == "CPUExecutionProvider":
@@ -127,7 +127,7 @@ class Profile:
         else:
             _check(self.provider is None,
                    f"'provider' must be left out for runtime {self.runtime} (it is an onnxruntime setting), "
-                   f"not {self.provider!r}")
+                   f"not {short(self.provider)}")
         _check(self.precision != "int8" or self.runtime == "onnxruntime",
                "'precision' int8 needs runtime onnxruntime (models are quantized with onnxruntime.quantization)")
         _check(self.precision != "int8" or self.opset >= 13,
