@@ -158,6 +158,77 @@ class _FusingMeasurer(_FakeMeasurer):
         return out
 
 
+class _DriftingMeasurer(_FakeMeasurer):
+    """The fake above on a host that slows down steadily: each model timed runs ``drift`` slower than
+    the one before it (a warming laptop, a neighbour job ramping up), on top of a fixed ``speed``."""
+
+    def __init__(self, drift=0.01, speed=1.0):
+        self.drift, self.speed, self.clock = drift, speed, 0
+
+    def measure_many(self, models, input_shapes):
+        out = []
+        for m in models:
+            factor = self.speed * (1 + self.drift * self.clock)
+            self.clock += 1
+            ms = (sum(p.numel() for p in m.parameters()) * 1e-3 + self.overhead_ms) * factor
+            out.append(LatencyStats.from_samples([ms] * 3, [ms]))
+        return out
+
+
+def test_speed_reference_cancels_drift_during_the_build_and_a_slower_host_later(space, profile):
+    plain = build_table(space, profile, calib_samples=6, measurer=_DriftingMeasurer(), reference=False)
+    table = build_table(space, profile, calib_samples=6, measurer=_DriftingMeasurer())
+    ref = table.reference
+    assert ref is not None and ref.arch == str(space.extreme_arch(space.macs_table((28, 28))))
+    # every figure in units of the reference at its own build-time speed: the context method's exact
+    # sum holds again, which the drift broke for the plain table
+    assert table.calibration.raw_ms == pytest.approx(table.calibration.measured_ms, rel=0.01)
+    assert max(abs(r / m - 1) for r, m in zip(plain.calibration.raw_ms, plain.calibration.measured_ms)) > 0.05
+    # validated on a host 1.7x slower (and still drifting): the table is right in its units, and says how slow
+    slow = _DriftingMeasurer(drift=0.005, speed=1.7)
+    result = validate_table(table, space, n=12, seed=0, measurer=slow)
+    assert result.median_rel_error < 0.02 and result.speed == pytest.approx(1.7, rel=0.15)
+    assert result.raw_median_rel_error > 0.25 and len(result.raw_measured_ms) == 12
+    assert "host at 1." in result.summary()
+    again = LatencyTable.from_json(json.loads(json.dumps(table.to_json())))
+    assert again.reference == table.reference and again.predict(space.sample(np.random.default_rng(3))) == \
+        table.predict(space.sample(np.random.default_rng(3)))
+
+
+def test_referenced_timing_divides_out_a_slow_trial():
+    from edgenas.hardware.table import measure_referenced
+
+    class Trials:
+        """Three trials; the whole host runs 3x slower in the second one; model k costs k+1 ms, the reference 2."""
+
+        def measure_many(self, models, input_shapes):
+            speeds = (1.0, 3.0, 1.0)
+            out = []
+            for m in models:
+                base = 2.0 if m is ref else float(m.cost)
+                trials = [[base * s] * 4 for s in speeds]
+                out.append(LatencyStats.from_samples([t for tr in trials for t in tr], [tr[0] for tr in trials]))
+            return out
+
+    ref = nn.Identity()
+    models = []
+    for k in range(8):
+        m = nn.Identity()
+        m.cost = k + 1
+        models.append(m)
+    plain = Trials().measure_many(models, [None] * 8)
+    assert plain[0].mean_ms == pytest.approx(5 / 3)  # the slow trial inflates plain timings
+    timing = measure_referenced(Trials(), models, [(1, 8, 8)] * 8, ref, (1, 8, 8), every=3)
+    assert [s.mean_ms for s in timing.stats] == pytest.approx([k + 1 for k in range(8)])
+    assert all(max(s.trial_medians_ms) == pytest.approx(min(s.trial_medians_ms)) for s in timing.stats)
+    assert timing.unit_ms == pytest.approx(2.0) and timing.speed == pytest.approx(1.0)
+    assert [s.mean_ms for s in timing.raw] == pytest.approx([s.mean_ms for s in plain])
+    later = measure_referenced(Trials(), models, [(1, 8, 8)] * 8, ref, (1, 8, 8), unit_ms=1.0, every=3)
+    assert later.speed == pytest.approx(2.0) and later.stats[3].mean_ms == pytest.approx(2.0)  # in the unit given
+    with pytest.raises(ValueError, match="every"):
+        measure_referenced(Trials(), models, [(1, 8, 8)] * 8, ref, (1, 8, 8), every=0)
+
+
 def test_network_method_sees_what_the_whole_network_does(space, profile):
     table = build_table(space, profile, calib_samples=5, method="network", measurer=_FusingMeasurer())
     cal = table.calibration
@@ -190,8 +261,8 @@ def test_zero_calibration_subnets_measure_none(space, profile):
             return super().measure_many(models, input_shapes)
 
     meter = Counting()
-    table = build_table(space, profile, calib_samples=0, measurer=meter)
-    assert meter.subnets == 0 and table.calibration.n == 0
+    table = build_table(space, profile, calib_samples=0, measurer=meter, reference=False)
+    assert meter.subnets == 0 and table.calibration.n == 0 and table.reference is None
 
 # ----- a real table ----------------------------------------------------------------------------------------------
 def test_predict_is_stem_plus_blocks_plus_head(built, space):

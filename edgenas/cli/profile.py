@@ -89,17 +89,20 @@ def profile_show(name: str, input_shape: str | None) -> None:
 @click.option("--out", default=None,
               help="Table file. [default: latency_tables/<profile>_<space>_<preset>_<H>x<W>.json]")
 @click.option("--force", is_flag=True, help="Overwrite an existing table file.")
+@click.option("--reference/--no-reference", default=True, show_default=True,
+              help="Time a speed reference beside every model and keep figures in its units, so the table "
+                   "stays true when the host slows down or speeds up; --no-reference: plain milliseconds.")
 @_protocol_options
 def profile_build(profile_name: str, space_name: str, preset: str | None, width_mult: float | None,
                   input_shape: str | None, num_classes: int, calib: int, seed: int, method: str, out: str | None,
-                  force: bool, warmup: int | None, repeats: int | None, trials: int | None) -> None:
+                  force: bool, reference: bool, warmup: int | None, repeats: int | None, trials: int | None) -> None:
     """Measure a latency lookup table for a space on a profile's target and calibrate it."""
     from edgenas.pipeline import TableJob, build_table
 
     result = build_table(TableJob(profile=profile_name, space=space_name, preset=preset, width_mult=width_mult,
                                   input_shape=_parse_shape(input_shape), num_classes=num_classes, calib=calib,
                                   seed=seed, method=method, out=out, force=force, warmup=warmup, repeats=repeats,
-                                  trials=trials), _console())
+                                  trials=trials, reference=reference), _console())
     click.echo(f"wrote {result.path}: {result.layers} layers, built in {result.table.build_seconds:.1f} s, "
                f"{result.table.query_us:.2f} us per prediction")
     click.echo(f"next: edgenas profile validate {result.path}")

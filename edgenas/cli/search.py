@@ -26,7 +26,9 @@ from edgenas.cli._app import (
 @click.option("--table", "table_path", type=click.Path(dir_okay=False), default=None,
               help="Latency table [default: the one in --tables-dir matching the space and profile].")
 @click.option("--tables-dir", default="latency_tables", show_default=True)
-@click.option("--latency-ms", type=float, default=None, help="Latency budget (overrides the profile's).")
+@click.option("--latency-ms", type=float, default=None,
+              help="Latency budget (overrides the profile's), in the latency table's milliseconds: at the host "
+                   "speed the table was built at, whatever the host's speed during the search.")
 @click.option("--latency-quantile", type=float, default=None,
               help="Latency budget as a quantile of the space's predicted latency on this target (e.g. 0.25: "
                    "the fastest quarter), the same on every machine; instead of --latency-ms.")
@@ -104,7 +106,9 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
     if measured is not None:
         top = measured.finalists[0]
         budget_text = "" if measured.budget_ms is None else f" (budget {measured.budget_ms:g} ms)"
-        click.echo(f"measured {measured.statistic} latency of the best: {top.measured_ms:.3f} ms{budget_text}")
+        speed = ("" if measured.speed is None else f"; in the table's units, the host ran at {measured.speed:.2f}x "
+                 f"its build-time reference time, as timed {top.raw_ms:.3f} ms")
+        click.echo(f"measured {measured.statistic} latency of the best: {top.measured_ms:.3f} ms{budget_text}{speed}")
         rec = measured.recommended
         if rec is None:
             click.echo("warning: no top-k architecture is within the budget when measured; loosen the budget or "

@@ -214,7 +214,7 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
 
         report.message(f"measuring the top {len(result.topk)} end to end on {prof.name} ...")
         measured = measure_finalists(space, result.topk, prof, num_classes=data.num_classes,
-                                     in_channels=data.in_channels, budget_ms=budgets.latency_ms)
+                                     in_channels=data.in_channels, budget_ms=budgets.latency_ms, table=table)
         result.info["measured"] = measured.to_json()
         write_search_json(result, Path(job.out) / "search.json")
     return SearchOutcome(result=result, table_path=table_file, table=table, budgets=budgets, measured=measured,

@@ -36,6 +36,7 @@ class TableJob:
     warmup: int | None = None
     repeats: int | None = None
     trials: int | None = None
+    reference: bool = True
 
 
 @dataclass
@@ -102,7 +103,7 @@ def build_table(job: TableJob, progress: Progress | None = None) -> TableOutcome
     check_writable(path, "--out", directory=False)
     table = measure_table(space, profile, num_classes=job.num_classes, calib_samples=job.calib, seed=job.seed,
                           method=job.method or default_method(profile),  # type: ignore[arg-type]
-                          on_progress=report.message)
+                          on_progress=report.message, reference=job.reference)
     table.save(path)
     return TableOutcome(path=path, table=table, layers=len(space.layers))
 

@@ -33,7 +33,11 @@ How a table is measured (:func:`build_table`), and why:
   methods agree. Its cost: about one small subnet per entry instead of one block.
 * All blocks, prefixes, stem, head and the calibration subnets are timed in one interleaved
   :meth:`~edgenas.hardware.measure.LatencyMeasurer.measure_many` call, so drift of the machine hits
-  the parts and the end-to-end measurements alike.
+  the parts and the end-to-end measurements alike, with copies of a *speed reference* (the
+  all-minimum subnet) among them: every timing is divided by the reference's next to it and kept in
+  units of the reference's build-time median, and validation and search convert their own
+  measurements the same way (:mod:`edgenas.hardware.table.reference`). A host that slows down or
+  speeds up, for a trial or for an hour, moves the reference as much as the model, and cancels.
 * Prediction = stem + sum of the chosen blocks + head ("raw"), corrected by a calibration
   ``scale * raw + offset`` fitted on end-to-end measurements of uniformly sampled subnets plus the
   all-minimum and all-maximum (by MACs) ones, so the fit spans the whole range a search visits
@@ -57,13 +61,16 @@ from edgenas.hardware.table.core import (
     FORMAT,
     FORMAT_DOC,
     METHODS,
+    REFERENCE_EVERY,
     EntryStats,
     LatencyTable,
+    SpeedReference,
     TableError,
     TableValidation,
     rebuild_hint,
 )
 from edgenas.hardware.table.environment import cpu_model, environment_of, environment_warnings
+from edgenas.hardware.table.reference import ReferencedTiming, measure_referenced
 from edgenas.hardware.table.validate import plot_validation, validate_table
 
 __all__ = [
@@ -71,8 +78,11 @@ __all__ = [
     "FORMAT",
     "FORMAT_DOC",
     "METHODS",
+    "REFERENCE_EVERY",
     "EntryStats",
     "LatencyTable",
+    "ReferencedTiming",
+    "SpeedReference",
     "TableError",
     "TableValidation",
     "build_table",
@@ -82,6 +92,7 @@ __all__ = [
     "environment_of",
     "environment_warnings",
     "loose_budget_warnings",
+    "measure_referenced",
     "plot_validation",
     "quantile_budget",
     "rebuild_hint",

@@ -15,12 +15,51 @@ from torch import nn
 from edgenas.errors import ConfigError, EdgenasError
 from edgenas.hardware.calibration import fit_calibration
 from edgenas.hardware.profile import Profile
-from edgenas.hardware.table.core import BASE_COPIES, METHODS, EntryStats, LatencyTable, Method
+from edgenas.hardware.table.core import (
+    BASE_COPIES,
+    METHODS,
+    REFERENCE_EVERY,
+    EntryStats,
+    LatencyTable,
+    Method,
+    SpeedReference,
+)
 from edgenas.hardware.table.environment import environment_of
 from edgenas.space import Arch, SearchSpace, space_to_dict
 
 
 # ----- building ---------------------------------------------------------------------------------------------------
+class _Timer:
+    """One table build's measurement: plain, or in units of the speed reference timed beside the
+    models; remembers the reference it set."""
+
+    def __init__(self, space: SearchSpace, profile: Profile, num_classes: int, meter: Any, referenced: bool) -> None:
+        self.meter = meter
+        self.reference: SpeedReference | None = None
+        self._ref_arch = reference_arch(space, profile) if referenced else None
+        self._ref_model = (space.build_subnet(self._ref_arch, num_classes, profile.input_shape[0])
+                           if self._ref_arch is not None else None)
+        self._ref_shape = tuple(profile.input_shape)
+
+    def measure(self, models: list[nn.Module], shapes: list[tuple[int, int, int]], say: Callable[[str], None]
+                ) -> list[Any]:
+        if self._ref_model is None or self._ref_arch is None:
+            return list(self.meter.measure_many(models, shapes))
+        from edgenas.hardware.table.reference import measure_referenced
+
+        timing = measure_referenced(self.meter, models, shapes, self._ref_model, self._ref_shape)  # type: ignore[arg-type]
+        self.reference = SpeedReference(arch=str(self._ref_arch), median_ms=timing.unit_ms, every=REFERENCE_EVERY,
+                                        noise_rel=timing.noise_rel)
+        say(f"speed reference {self._ref_arch}: median {timing.unit_ms:.4f} ms, trial-to-trial spread "
+            f"{timing.noise_rel:.1%}; every figure is in its units")
+        return timing.stats
+
+
+def reference_arch(space: SearchSpace, profile: Profile) -> Arch:
+    """The speed reference of tables of this space: its all-minimum subnet by MACs."""
+    return space.extreme_arch(space.macs_table(tuple(profile.input_shape[1:])))  # type: ignore[arg-type]
+
+
 class _ContextPrefix(nn.Conv2d):
     """Depthwise 1x1 convolution (identity weights): the cheapest op that hands a block its input the
     way the previous block does inside a network (e.g. already in ONNX Runtime's NCHWc layout)."""
@@ -79,11 +118,13 @@ def default_method(profile: Profile) -> Method:
 
 def build_table(space: SearchSpace, profile: Profile, num_classes: int = 10, calib_samples: int = 30,
                 seed: int = 0, method: Method = "context", on_progress: Callable[[str], None] | None = None,
-                measurer: Any | None = None) -> LatencyTable:
+                measurer: Any | None = None, reference: bool = True) -> LatencyTable:
     """Measure every (layer, choice) block, stem and head on ``profile``'s target and calibrate.
 
     ``calib_samples`` uniform subnets plus the all-min and all-max ones are measured end to end in
     the same interleaved run as the blocks; ``calib_samples=0`` leaves the identity calibration.
+    With ``reference`` (the default) every timing is in units of the speed reference timed beside
+    it (:mod:`edgenas.hardware.table.reference`); without, in plain milliseconds.
     ``measurer`` is for tests (a fake); by default :func:`~edgenas.hardware.measure.create_measurer`.
     """
     if method not in METHODS:
@@ -93,8 +134,9 @@ def build_table(space: SearchSpace, profile: Profile, num_classes: int = 10, cal
     say = on_progress or (lambda message: None)
     start = time.perf_counter()
     meter = measurer_for(profile, measurer)
+    timer = _Timer(space, profile, num_classes, meter, reference)
     if method == "network":
-        return _build_network_table(space, profile, num_classes, calib_samples, seed, meter, say, start)
+        return _build_network_table(space, profile, num_classes, calib_samples, seed, timer, say, start)
     in_channels, h, w = profile.input_shape
     hw = (h, w)
     shapes = space.layer_input_shapes(hw)
@@ -131,7 +173,7 @@ def build_table(space: SearchSpace, profile: Profile, num_classes: int = 10, cal
     say(f"measuring {len(block_of)} blocks, stem, head, {len(prefix_of)} context prefixes and {len(calib)} "
         f"calibration subnets on {profile.name} at {h}x{w} ({len(models)} models, interleaved, "
         f"{m.trials} trials x ({m.warmup} warm-up + {m.repeats} timed runs))")
-    stats = meter.measure_many(models, inputs)
+    stats = timer.measure(models, inputs, say)
 
     def net(index: int, shape: tuple[int, int, int]) -> EntryStats:
         if not in_context:
@@ -142,13 +184,14 @@ def build_table(space: SearchSpace, profile: Profile, num_classes: int = 10, cal
                 for c in range(len(layer.choices))] for i, layer in enumerate(space.layers)]
     context = [EntryStats.of(stats[prefix_of[s]]) if in_context else None for s in shapes]
     table = _new_table(space, profile, num_classes, method, EntryStats.of(stats[stem_i]), net(head_i, head_shape),
-                       entries, context, EntryStats.of(stats[prefix_of[head_shape]]) if in_context else None)
+                       entries, context, EntryStats.of(stats[prefix_of[head_shape]]) if in_context else None,
+                       timer.reference)
     return _finish(table, space, calib, [stats[k] for k in calib_i], say, start)
 
 
 def _new_table(space: SearchSpace, profile: Profile, num_classes: int, method: str, stem: EntryStats,
                head: EntryStats, entries: list[list[EntryStats]], context: list[EntryStats | None],
-               head_context: EntryStats | None = None) -> LatencyTable:
+               head_context: EntryStats | None = None, reference: SpeedReference | None = None) -> LatencyTable:
     """A table of measured parts, identified by the space, the profile and where it was measured."""
     return LatencyTable(
         space=_plain(space_to_dict(space)),
@@ -156,6 +199,7 @@ def _new_table(space: SearchSpace, profile: Profile, num_classes: int, method: s
         environment=environment_of(profile), input_shape=profile.input_shape, num_classes=num_classes,
         statistic=profile.measure.statistic, method=method, stem=stem, head=head, entries=entries,
         labels=[list(layer.choices) for layer in space.layers], context=context, head_context=head_context,
+        reference=reference,
     )
 
 
@@ -179,7 +223,7 @@ def _finish(table: LatencyTable, space: SearchSpace, calib: list[Arch], calib_st
 
 
 def _build_network_table(space: SearchSpace, profile: Profile, num_classes: int, calib_samples: int, seed: int,
-                         meter: Any, say: Callable[[str], None], start: float) -> LatencyTable:
+                         timer: _Timer, say: Callable[[str], None], start: float) -> LatencyTable:
     """``method="network"`` (see the module docstring): entries are subnet-minus-base differences.
 
     The base is measured ``BASE_COPIES`` times (separate models, pooled samples): its latency is
@@ -202,7 +246,7 @@ def _build_network_table(space: SearchSpace, profile: Profile, num_classes: int,
         f"{len(calib)} calibration subnets on {profile.name} at {h}x{w} ({len(archs)} models, interleaved, "
         f"{m.trials} trials x ({m.warmup} warm-up + {m.repeats} timed runs))")
     models = [space.build_subnet(a, num_classes, in_channels) for a in archs]
-    stats = meter.measure_many(models, [(in_channels, h, w)] * len(models))
+    stats = timer.measure(models, [(in_channels, h, w)] * len(models), say)
     copies = stats[:BASE_COPIES]
     base_stats = LatencyStats.from_samples([t for st in copies for t in st.samples_ms],
                                            [t for st in copies for t in st.trial_medians_ms])
@@ -210,5 +254,5 @@ def _build_network_table(space: SearchSpace, profile: Profile, num_classes: int,
     entries = [[EntryStats.difference(by_variant[(i, c)], base_stats) if (i, c) in by_variant else EntryStats()
                 for c in range(len(layer.choices))] for i, layer in enumerate(space.layers)]
     table = _new_table(space, profile, num_classes, "network", EntryStats.of(base_stats), EntryStats(), entries,
-                       [None] * len(space.layers))
+                       [None] * len(space.layers), reference=timer.reference)
     return _finish(table, space, calib, list(stats[BASE_COPIES + len(variants):]), say, start)

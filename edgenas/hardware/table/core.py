@@ -18,6 +18,7 @@ FORMAT = "edgenas-latency-table/1"
 Method = Literal["context", "isolated", "network"]
 METHODS: tuple[str, ...] = ("context", "isolated", "network")
 BASE_COPIES = 3  # method "network": separate measurements of the base subnet, pooled
+REFERENCE_EVERY = 6  # models between two copies of the speed reference (see reference.py)
 
 FORMAT_DOC: dict[str, str] = {
     "format": f"'{FORMAT}'; readers refuse other values.",
@@ -54,8 +55,16 @@ FORMAT_DOC: dict[str, str] = {
                   "max_rel_error, within_10pct (fraction with |error| <= 10%), kendall_tau, mean_signed_rel_error, "
                   "archs, predicted_ms, raw_ms, measured_ms, seconds_measuring, seconds_per_candidate, noise_rel "
                   "(median over the subnets of the relative standard deviation of their per-trial medians: how much "
-                  "re-measuring a subnet moves it), measure (the protocol used), plot, date. "
+                  "re-measuring a subnet moves it), measure (the protocol used), plot, date; with a reference: "
+                  "measured_ms in reference units, raw_measured_ms as timed, speed (reference median then / at build) "
+                  "and raw_median_rel_error / raw_kendall_tau (the same figures without the reference). "
                   "null until `edgenas profile validate` runs.",
+    "reference": "The speed reference every figure is expressed in: arch (a subnet timed interleaved, one copy "
+                 "per 'every' models), median_ms (its median at build time) and noise_rel (its trial-to-trial "
+                 "spread then). Each measured model's per-trial timings were divided by the bracketing reference "
+                 "copies' and multiplied by median_ms, so all milliseconds here are 'at the build's reference "
+                 "speed'; validation and search measurements are converted the same way. null in tables built "
+                 "before it existed or with reference off (plain milliseconds).",
     "build_seconds": "Wall time of the build: export, session creation, timing, calibration.",
     "query_us": "Mean time of one predict() call in microseconds, timed right after the build.",
 }
@@ -105,6 +114,30 @@ class EntryStats:
                    count=int(data["count"]))
 
 
+@dataclass(frozen=True)
+class SpeedReference:
+    """The subnet a table's milliseconds are expressed in (:mod:`edgenas.hardware.table.reference`):
+    its architecture, its median at build time (the unit) and how noisy it was then."""
+
+    arch: str
+    median_ms: float
+    every: int = REFERENCE_EVERY
+    noise_rel: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arch": self.arch, "median_ms": self.median_ms, "every": self.every, "noise_rel": self.noise_rel}
+
+    @classmethod
+    def from_json(cls, data: Any) -> SpeedReference:
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a reference mapping, got {type(data).__name__}")
+        median = float(data["median_ms"])
+        if not median > 0:
+            raise ValueError(f"reference median_ms must be > 0, not {median}")
+        return cls(arch=str(data["arch"]), median_ms=median, every=int(data.get("every", REFERENCE_EVERY)),
+                   noise_rel=float(data.get("noise_rel", 0.0)))
+
+
 # ----- validation ----------------------------------------------------------------------------------------------
 @dataclass
 class TableValidation:
@@ -127,12 +160,17 @@ class TableValidation:
     measure: dict[str, Any] = field(default_factory=dict)
     plot: str | None = None
     date: str = ""
+    speed: float | None = None
+    raw_measured_ms: list[float] | None = None
+    raw_median_rel_error: float | None = None
+    raw_kendall_tau: float | None = None
 
     def summary(self) -> str:
         """One line a search prints next to every latency figure it shows."""
+        speed = f" (host at {self.speed:.2f}x the build's reference time)" if self.speed is not None else ""
         return (f"validated on {self.n} fresh subnets: median error {self.median_rel_error:.1%}, "
                 f"max {self.max_rel_error:.1%}, {self.within_10pct:.0%} within ±10%, "
-                f"Kendall tau {self.kendall_tau:.3f}")
+                f"Kendall tau {self.kendall_tau:.3f}{speed}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -185,6 +223,7 @@ class LatencyTable:
     validation: TableValidation | None = None
     build_seconds: float = 0.0
     query_us: float | None = None
+    reference: SpeedReference | None = None
     format: str = FORMAT
 
     def __post_init__(self) -> None:
@@ -294,6 +333,7 @@ class LatencyTable:
             "validation": self.validation.to_json() if self.validation is not None else None,
             "build_seconds": self.build_seconds,
             "query_us": self.query_us,
+            "reference": self.reference.to_json() if self.reference is not None else None,
         }
 
     @classmethod
@@ -317,6 +357,7 @@ class LatencyTable:
                 validation=TableValidation.from_json(data["validation"]) if data.get("validation") else None,
                 build_seconds=float(data.get("build_seconds", 0.0)),
                 query_us=float(data["query_us"]) if data.get("query_us") is not None else None,
+                reference=SpeedReference.from_json(data["reference"]) if data.get("reference") else None,
             )
         except TableError:
             raise

@@ -17,6 +17,7 @@ from edgenas.hardware.calibration import error_figures
 from edgenas.hardware.profile import Profile
 from edgenas.hardware.table.build import measurer_for
 from edgenas.hardware.table.core import LatencyTable, TableValidation
+from edgenas.hardware.table.reference import ReferencedTiming, measure_referenced
 from edgenas.io import atomic_write_bytes
 from edgenas.space import Arch, SearchSpace
 
@@ -47,6 +48,18 @@ def _trial_noise(stats: Sequence[Any]) -> float:
     return float(np.median(spreads)) if spreads else 0.0
 
 
+def measure_in_table_units(table: LatencyTable, space: SearchSpace, meter: Any, models: Sequence[Any],
+                           shapes: Sequence[tuple[int, int, int]]) -> ReferencedTiming | None:
+    """Time ``models`` beside the table's speed reference, in the table's units (None for a table
+    without a reference: the caller measures plainly). Validation and a search's end-to-end checks
+    use it, so a host that runs slower than at build time does not read as a wrong table."""
+    if table.reference is None:
+        return None
+    ref_model = space.build_subnet(space.parse(table.reference.arch), table.num_classes, table.input_shape[0])
+    return measure_referenced(meter, models, shapes, ref_model, table.input_shape, unit_ms=table.reference.median_ms,
+                              every=table.reference.every)
+
+
 def validate_table(table: LatencyTable, space: SearchSpace, profile: Profile | None = None, n: int = 50,
                    seed: int = 1, plot_path: str | Path | None = None, measurer: Any | None = None,
                    on_progress: Callable[[str], None] | None = None) -> TableValidation:
@@ -68,11 +81,13 @@ def validate_table(table: LatencyTable, space: SearchSpace, profile: Profile | N
     meter = measurer_for(profile, measurer)
     start = time.perf_counter()
     models = [space.build_subnet(a, table.num_classes, in_channels) for a in archs]
-    stats = meter.measure_many(models, [(in_channels, h, w)] * n)
+    timing = measure_in_table_units(table, space, meter, models, [(in_channels, h, w)] * n)
     seconds = time.perf_counter() - start
+    stats = timing.stats if timing is not None else meter.measure_many(models, [(in_channels, h, w)] * n)
     measured = [s.value(table.statistic) for s in stats]
     predicted = [table.predict(a) for a in archs]
     figures = error_figures(predicted, measured)
+    raw = error_figures(predicted, [s.value(table.statistic) for s in timing.raw]) if timing is not None else None
     result = TableValidation(
         n=figures.n, median_rel_error=figures.median_rel_error, max_rel_error=figures.max_rel_error,
         within_10pct=figures.within_10pct, kendall_tau=figures.kendall_tau,
@@ -81,6 +96,10 @@ def validate_table(table: LatencyTable, space: SearchSpace, profile: Profile | N
         seconds_measuring=seconds, seconds_per_candidate=seconds / n, seed=seed, noise_rel=_trial_noise(stats),
         measure=dataclasses.asdict(profile.measure),
         date=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        speed=timing.speed if timing is not None else None,
+        raw_measured_ms=[s.value(table.statistic) for s in timing.raw] if timing is not None else None,
+        raw_median_rel_error=raw.median_rel_error if raw is not None else None,
+        raw_kendall_tau=raw.kendall_tau if raw is not None else None,
     )
     if plot_path is not None:
         result.plot = str(plot_validation(result, plot_path, title=table.summary().split(":")[0]))
