@@ -14,7 +14,7 @@ entries; registering your own is one call::
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from edgenas.errors import ConfigError, EdgenasError
 
@@ -50,7 +50,7 @@ class Registry(Generic[T]):
         """Add ``entry`` under ``name``; without ``entry``, a decorator that registers what it decorates."""
         if not isinstance(name, str) or not name.strip() or name != name.strip():
             raise self.error(f"a {self.kind} name must be a non-empty string without surrounding spaces, "
-                             f"not {name!r}")
+                             f"not {_short(name)}")
 
         self._load()
 
@@ -74,7 +74,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise self.error(f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or 'none'}") from None
+            known = ", ".join(self.names()) or "none"
+            raise self.error(f"unknown {self.kind} {_short(name)}; known: {known}") from None
 
     def names(self) -> list[str]:
         """Registered names, in registration order (built-ins first)."""
@@ -93,3 +94,11 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self._entries)})"
+
+
+def _short(value: Any) -> str:
+    """A name as an error quotes it: bounded, however long the input (config is imported lazily:
+    the registry sits below everything)."""
+    from edgenas.config import short
+
+    return short(value)

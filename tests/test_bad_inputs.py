@@ -211,6 +211,8 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
                    "--tables-dir", str(w / "tables"), "--out", str(w / "out")],
      "edgenas profile build"),
     ("train: unknown dataset", lambda m, w: ["train", "--data", "nope", "--out", str(w / "out")], "unknown dataset"),
+    ("train: a 5,000-character dataset name is not echoed whole",
+     lambda m, w: ["train", "--data", "x" * 5000, "--out", str(w / "out")], "unknown dataset"),
     # usage
     ("space sample -n -1", lambda m, w: ["space", "sample", "mbv3", "-n", "-1"], "-n"),
     ("search: an option without its value",
