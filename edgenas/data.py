@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from edgenas.config import short
 from edgenas.errors import DataError
 from edgenas.registry import Registry
 
@@ -73,21 +74,21 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
-            raise DataError(f"dataset name must be a non-empty string, got {self.name!r}; known: {_known_names()}")
+            raise DataError(f"dataset name must be a non-empty string, got {short(self.name)}; known: {_known_names()}")
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)):
-            raise DataError(f"val_fraction must be a number in (0, 1), got {self.val_fraction!r}")
+            raise DataError(f"val_fraction must be a number in (0, 1), got {short(self.val_fraction)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"val_fraction must be strictly between 0 and 1, got {self.val_fraction}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise DataError(f"seed must be an integer, got {self.seed!r}")
+            raise DataError(f"seed must be an integer, got {short(self.seed)}")
         for field in ("train_limit", "val_limit", "test_limit"):
             value = getattr(self, field)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise DataError(f"{field} must be a positive integer or None, got {value!r}")
+                raise DataError(f"{field} must be a positive integer or None, got {short(value)}")
         if self.resize is not None and (
             isinstance(self.resize, bool) or not isinstance(self.resize, int) or self.resize < 8
         ):
-            raise DataError(f"resize must be an integer >= 8 (pixels per side) or None, got {self.resize!r}")
+            raise DataError(f"resize must be an integer >= 8 (pixels per side) or None, got {short(self.resize)}")
 
 
 class ArrayDataset(Dataset):
@@ -218,13 +219,13 @@ def load_dataset(cfg: DataConfig) -> DatasetSplits:
     prefix, sep, arg = cfg.name.partition(":")
     if sep:
         if f"{prefix}:PATH" not in DATASETS:
-            raise DataError(f"unknown dataset {cfg.name!r}; known: {_known_names()}")
+            raise DataError(f"unknown dataset {short(cfg.name)}; known: {_known_names()}")
         if not arg.strip():
-            raise DataError(f"dataset {cfg.name!r} needs a path after the colon, e.g. {prefix}:/data/my-set")
+            raise DataError(f"dataset {short(cfg.name)} needs a path after the colon, e.g. {prefix}:/data/my-set")
         return DATASETS.get(f"{prefix}:PATH")(cfg, arg)
     if cfg.name not in DATASETS:
         hint = f" (did you mean {cfg.name}:PATH?)" if f"{cfg.name}:PATH" in DATASETS else ""
-        raise DataError(f"unknown dataset {cfg.name!r}{hint}; known: {_known_names()}")
+        raise DataError(f"unknown dataset {short(cfg.name)}{hint}; known: {_known_names()}")
     return DATASETS.get(cfg.name)(cfg, None)
 
 
@@ -248,7 +249,7 @@ def iterate_batches(
     ignored); other datasets go through a ``DataLoader`` over a ``Subset`` in the same order.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise DataError(f"batch_size must be a positive integer, got {short(batch_size)}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise DataError(f"need 0 <= rank < world_size and world_size >= 1, got rank={rank}, world_size={world_size}")
     if num_workers < 0:
