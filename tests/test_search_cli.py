@@ -137,3 +137,29 @@ def test_search_resize_sets_the_input_size_the_table_must_match(setup):
                               "--data", "digits", "--resize", "12", "--tables-dir", str(root / "none"),
                               "--out", str(root / "s3"), *SEARCH])
     assert res.exit_code == 2 and "at 1x12x12" in res.stderr and "--input-shape 1,12,12" in res.stderr
+
+
+def test_strategy_scorer_and_warm_start_reach_the_search_from_the_cli(setup):
+    root, profile, runner = setup
+    from edgenas.hardware.profile import load_profile
+    from edgenas.hardware.table import build_table
+    from edgenas.supernet import load_checkpoint
+
+    supernet, _, _ = load_checkpoint(root / "sn" / "supernet.pt")
+    build_table(supernet.space, load_profile(str(profile)), calib_samples=2, seed=0).save(root / "wtables" / "t.json")
+    res = runner.invoke(cli, ["search", "--profile", str(profile), "--supernet", str(root / "sn" / "supernet.pt"),
+                              "--tables-dir", str(root / "wtables"), "--no-measure", "--strategy", "random",
+                              "--scorer", "params", "--warm-start", "30", "--warm-proxy", "params",
+                              "--out", str(root / "w1"), *SEARCH])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((root / "w1" / "search.json").read_text())
+    assert doc["strategy"] == "random" and doc["scorer"]["name"] == "params"
+    assert all(c["origin"] in ("random", "rescore") for g in doc["generations"] for c in g["population"])
+    warm = doc["warm_start"]
+    assert warm["pool"] == 30 and warm["proxy"] == "params" and len(warm["proxy_scores"]) == 6
+    first = sorted((c["score"] for c in doc["generations"][0]["population"]), reverse=True)
+    assert first == pytest.approx(warm["proxy_scores"])  # generation 0 is the pool's best by the proxy
+    bad = runner.invoke(cli, ["search", "--profile", str(profile), "--supernet", str(root / "sn" / "supernet.pt"),
+                              "--tables-dir", str(root / "wtables"), "--warm-start", "3", "--out",
+                              str(root / "w2"), *SEARCH])
+    assert bad.exit_code == 2 and "must hold at least the population (6)" in bad.stderr

@@ -49,7 +49,13 @@ from edgenas.cli._app import (
 @click.option("--strategy", type=STRATEGY_NAME, default="evolution", show_default=True,
               help="Search strategy: evolution, random (random search, same evaluations) or a registered one.")
 @click.option("--scorer", type=SCORER_NAME, default="supernet", show_default=True,
-              help="Candidate score: supernet (validation accuracy), params (parameter count) or a registered one.")
+              help="Candidate score: supernet (validation accuracy), params (parameter count), the zero-cost "
+                   "proxies naswot and synflow (at initialisation, no training) or a registered one.")
+@click.option("--warm-start", type=int, default=0, show_default=True,
+              help="Rank this many feasible random architectures by --warm-proxy and start from the best "
+                   "(0: a random first population).")
+@click.option("--warm-proxy", type=SCORER_NAME, default="naswot", show_default=True,
+              help="The cheap scorer that ranks the warm-start pool (naswot, synflow, params).")
 @click.option("--shift/--no-shift", default=True, show_default=True,
               help="Supernet Shifting (default) or plain SPOS evolution.")
 @click.option("--shift-update", type=click.Choice(["generation", "candidate"]), default="generation",
@@ -67,7 +73,8 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
            mflops: float | None, params_m: float | None, data_name: str | None, data_root: str | None,
            resize: int | None, val_limit: int | None, population: int | None, generations: int | None, topk: int | None,
            mutations: int | None, mutation_prob: float | None, crossovers: int | None, seed: int | None,
-           strategy: str, scorer: str, shift: bool, shift_update: str, shift_batches: int | None,
+           strategy: str, scorer: str, warm_start: int, warm_proxy: str, shift: bool, shift_update: str,
+           shift_batches: int | None,
            shift_lr: float | None, device: str, out_dir: str, resume: bool, measure: bool, as_json: bool) -> None:
     """Evolutionary search under the profile's budgets, with Supernet Shifting by default."""
     from edgenas.pipeline import SearchJob
@@ -80,7 +87,8 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
                     mflops=mflops, params_m=params_m, data=data_name, data_root=data_root, resize=resize,
                     val_limit=val_limit, population=population, generations=generations, topk=topk,
                     mutations=mutations, mutation_prob=mutation_prob, crossovers=crossovers, seed=seed,
-                    strategy=strategy, scorer=scorer, shift=shift, shift_update=shift_update,  # type: ignore[arg-type]
+                    strategy=strategy, scorer=scorer, warm_start=warm_start, warm_proxy=warm_proxy, shift=shift,
+                    shift_update=shift_update,  # type: ignore[arg-type]
                     shift_batches=shift_batches, shift_lr=shift_lr,
                     device=device, out=out_dir, resume=resume, measure=measure)
     planned = generations if generations is not None else EvolutionConfig().generations
@@ -95,6 +103,11 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
     click.echo(f"best: {best.arch}  {score}  predicted latency "
                f"{m.get('latency_ms', float('nan')):.3f} ms  {m.get('mflops', float('nan')):.2f} MFLOPs"
                f"  {m.get('params_m', float('nan')):.3f} M params")
+    if result.front_summary:
+        fs, ref = result.front_summary, result.front_summary["reference"]
+        click.echo(f"Pareto front ({fs['cost']}): {fs['size']} architectures, hypervolume {fs['hypervolume']:.4g} "
+                   f"(reference: score {ref['score']:g}, {fs['cost']} {ref['cost']:.4g} from the {ref['cost_from']}); "
+                   f"{out_dir}/pareto.csv")
     if table.validation is not None:
         click.echo(f"latency table trust: {table.validation.summary()}")
     if result.info.get("proxy_health"):

@@ -47,6 +47,8 @@ class SearchJob:
     seed: int | None = None
     strategy: str = "evolution"
     scorer: str = "supernet"
+    warm_start: int = 0
+    warm_proxy: str = "naswot"
     shift: bool = True
     shift_update: Literal["generation", "candidate"] = "generation"
     shift_batches: int | None = None
@@ -133,6 +135,7 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
         EvolutionConfig,
         SearchHook,
         ShiftConfig,
+        WarmStartConfig,
         latency_cost,
         make_budget_constraints,
         run_search,
@@ -146,6 +149,10 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
     source = _check_job(job)
     check_writable(job.out, "--out", directory=True)
     STRATEGIES.get(job.strategy), SCORERS.get(job.scorer)  # unknown names fail before any loading
+    if job.warm_start < 0:
+        raise ConfigError(f"--warm-start must be >= 0 (0: off), not {job.warm_start}")
+    if job.warm_start:
+        SCORERS.get(job.warm_proxy)
     loaded, meta, _ = load_checkpoint(source)
     sized = {"resize": job.resize} if job.resize is not None else {}
     data_cfg = checkpoint_data_config(meta, source, job.data, job.data_root, val_limit=job.val_limit, **sized)
@@ -179,6 +186,12 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
     evo_fields = {k: v for k, v in dict(population=job.population, generations=job.generations, topk=job.topk,
                                         mutations=job.mutations, mutation_prob=job.mutation_prob,
                                         crossovers=job.crossovers, seed=job.seed).items() if v is not None}
+    if job.population is not None:  # keep the defaults' shape (a quarter mutations, a quarter crossovers)
+        defaults = EvolutionConfig()
+        for key in ("mutations", "crossovers", "topk"):
+            if key not in evo_fields:
+                evo_fields[key] = min(getattr(defaults, key), max(job.population * getattr(defaults, key)
+                                                                 // defaults.population, 1 if key == "topk" else 0))
     evolution = from_mapping(EvolutionConfig, evo_fields, where="search options")
     shift_cfg = None
     if job.shift:
@@ -202,6 +215,8 @@ def search(job: SearchJob, progress: Progress | None = None) -> SearchOutcome:
     result = run_search(
         supernet, data, job.out, constraints, shift=shift_cfg, evolution=evolution,
         device=resolve_device(job.device), resume=job.resume, hooks=[_Generations()], data_config=data_cfg,
+        strategy=job.strategy, scorer=job.scorer,
+        warm_start=WarmStartConfig(pool=job.warm_start, proxy=job.warm_proxy) if job.warm_start else None,
         info={"profile": prof.name, "profile_hash": prof.latency_hash(), "table": str(table_file),
               "table_validation": table.validation.to_json() if table.validation else None,
               "source": str(source), "transfer": job.transfer_from is not None, "notes": notes,

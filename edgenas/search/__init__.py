@@ -41,6 +41,7 @@ from edgenas.search.results import (
     write_search_json,
 )
 from edgenas.search.strategies import STRATEGIES
+from edgenas.search.warm_start import WarmStart, WarmStartConfig
 
 if TYPE_CHECKING:
     from edgenas.search.scoring import SCORERS, CachedScorer, ScoreConfig, SupernetScorer
@@ -80,6 +81,8 @@ __all__ = [
     "SupernetScorer",
     "SupernetShifting",
     "TransferResult",
+    "WarmStart",
+    "WarmStartConfig",
     "adapt_stem_input",
     "budget_sampler",
     "check_feasible",

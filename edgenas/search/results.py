@@ -172,7 +172,10 @@ class SearchResult:
 
     ``candidates`` lists every evaluation in order (the final re-scoring last); ``topk`` is the
     final top-k, re-scored with the final weights when re-scoring is on, so its scores are
-    comparable with each other; ``best`` is its first entry.
+    comparable with each other; ``best`` is its first entry. ``front_summary`` is what a
+    multi-objective strategy reports about its front (NSGA-II: the objectives, the front, the
+    reference point and the hypervolume); ``None`` for the others. It is set by the strategy, apart
+    from ``info``, which the caller fills.
     """
 
     config: dict[str, Any]
@@ -181,6 +184,7 @@ class SearchResult:
     topk: list[Candidate]
     best: Candidate
     info: dict[str, Any] = field(default_factory=dict)
+    front_summary: dict[str, Any] | None = None
 
     def latest(self) -> list[Candidate]:
         """Each architecture's most recent evaluation, in order of first appearance."""
@@ -218,9 +222,21 @@ def result_to_json(result: SearchResult) -> dict[str, Any]:
         "best": result.best.to_json(),
         "topk": [c.to_json() for c in result.topk],
         "pareto": {"cost": key, "score": "score", "front": [c.to_json() for c in result.pareto_front(key)]},
+        **({"front_summary": _json_safe(result.front_summary)} if result.front_summary is not None else {}),
         "evaluated": len(result.candidates),
         "generations": [g.to_json() for g in result.history],
     }
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON: non-finite floats (a NaN score) as ``null``, like the candidates' own records."""
+    if isinstance(value, float):
+        return _finite_or_none(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def write_search_json(result: SearchResult, path: str | Path) -> Path:

@@ -6,7 +6,9 @@ the loop's scorer contract. It never takes a gradient or an optimiser step (STYL
 Shifting is a separate hook. The validation split is carved from the training data; the test split
 is never looked at here.
 
-``SCORERS`` maps ``--scorer`` names to factories with one signature (see :data:`ScorerFactory`).
+``SCORERS`` maps ``--scorer`` names to factories with one signature (see :data:`ScorerFactory`):
+``supernet``, ``params`` and the zero-cost proxies of :mod:`edgenas.search.zero_cost` (``naswot``,
+``synflow``), which score an architecture at initialisation and ignore the supernet's weights.
 A scorer that sets ``deterministic = True`` returns the same value for the same architecture as
 long as the supernet's weights do not change; :class:`CachedScorer` then scores each architecture
 once (the search wraps it so when it does not shift the supernet).
@@ -94,6 +96,16 @@ ScorerFactory = Callable[..., Callable[[Arch], Any]]
 SCORERS: Registry[ScorerFactory] = Registry("scorer", ConfigError)
 SCORERS.register("supernet", SupernetScorer)
 SCORERS.register("params", lambda supernet, data, config=None, **_: ParamsScorer(supernet, data))
+
+
+def _register_zero_cost() -> None:
+    from edgenas.search.zero_cost import PROXIES, factory
+
+    for name in PROXIES:
+        SCORERS.register(name, factory(name))
+
+
+_register_zero_cost()
 
 
 class CachedScorer:

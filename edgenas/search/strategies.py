@@ -6,6 +6,8 @@ a ``generation`` property (the next generation to run): the contract of
 :class:`~edgenas.search.evolution.EvolutionarySearch`, which is the first entry. The second,
 ``random``, is the same loop without mutation or crossover, i.e. random search with the same number
 of evaluations, the same constraints and the same re-scoring: the baseline a strategy must beat.
+The third, ``nsga2``, is NSGA-II (pymoo) on score against predicted cost with the same evaluation
+budget, which also reports the front and its hypervolume (:mod:`edgenas.search.nsga2`).
 Adding a strategy is one module with its factory and one ``STRATEGIES.register`` call.
 """
 
@@ -19,7 +21,7 @@ from edgenas.errors import ConfigError
 from edgenas.registry import Registry
 from edgenas.search.evolution import EvolutionarySearch, EvolutionConfig
 
-__all__ = ["STRATEGIES", "StrategyFactory", "random_search"]
+__all__ = ["STRATEGIES", "StrategyFactory", "nsga2_search", "random_search"]
 
 #: ``factory(space, scorer, constraints, config, hooks, sampler) -> strategy``
 StrategyFactory = Callable[..., Any]
@@ -34,5 +36,14 @@ def random_search(space: Any, scorer: Any, constraints: Any, config: EvolutionCo
     return EvolutionarySearch(space, scorer, constraints, config, hooks, sampler=sampler)
 
 
+def nsga2_search(space: Any, scorer: Any, constraints: Any, config: EvolutionConfig | None = None,
+                 hooks: Any = (), sampler: Any = None) -> Any:
+    """NSGA-II over (score, predicted cost); pymoo is imported on first use, not with this module."""
+    from edgenas.search.nsga2 import NSGA2Search
+
+    return NSGA2Search(space, scorer, constraints, config, hooks, sampler)
+
+
 STRATEGIES.register("evolution", EvolutionarySearch)
 STRATEGIES.register("random", random_search)
+STRATEGIES.register("nsga2", nsga2_search)

@@ -28,6 +28,7 @@ import torch
 from edgenas.config import to_mapping
 from edgenas.data import DataConfig, DatasetSplits
 from edgenas.errors import CheckpointError
+from edgenas.io import atomic_write_text
 from edgenas.proxy import proxy_health
 from edgenas.search.constraints import Budget, budget_sampler, check_feasible
 from edgenas.search.evolution import Constraint, EvolutionConfig, SearchHook, constraint_label
@@ -35,6 +36,7 @@ from edgenas.search.results import SearchResult, plot_candidates, write_candidat
 from edgenas.search.scoring import SCORERS, CachedScorer, ScoreConfig
 from edgenas.search.shifting import ShiftConfig, SupernetShifting
 from edgenas.search.strategies import STRATEGIES
+from edgenas.search.warm_start import WarmStart, WarmStartConfig
 from edgenas.space import space_to_dict
 from edgenas.supernet import Supernet, load_checkpoint, save_checkpoint
 from edgenas.torch_utils import resolve_device
@@ -45,6 +47,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 SUPERNET_NAME = "supernet.pt"
 SEARCH_NAME = "search.json"
 CANDIDATES_NAME = "candidates.csv"
+PARETO_NAME = "pareto.csv"
 PLOT_NAME = "candidates.png"
 
 
@@ -56,11 +59,12 @@ def _describe(constraint: Constraint) -> dict[str, Any]:
 
 def _settings(supernet: Supernet, data: DatasetSplits, constraints: Sequence[Constraint], evolution: EvolutionConfig,
               shift: ShiftConfig | None, scoring: ScoreConfig, channels_last: bool, strategy: str,
-              scorer: str) -> dict[str, Any]:
-    """What decides the result; a resume must match it (device and threads do not matter). The strategy
-    and scorer appear only when they are not the defaults, so runs from before they existed resume."""
+              scorer: str, warm: WarmStartConfig | None = None) -> dict[str, Any]:
+    """What decides the result; a resume must match it (device and threads do not matter). The strategy,
+    scorer and warm start appear only when they are not the defaults, so runs from before they existed resume."""
     chosen = {**({"strategy": strategy} if strategy != "evolution" else {}),
-              **({"scorer": scorer} if scorer != "supernet" else {})}
+              **({"scorer": scorer} if scorer != "supernet" else {}),
+              **({"warm_start": to_mapping(warm)} if warm is not None else {})}
     return {
         **chosen,
         "evolution": to_mapping(evolution),
@@ -103,6 +107,7 @@ def run_search(
     info: Mapping[str, Any] | None = None,
     strategy: str = "evolution",
     scorer: str = "supernet",
+    warm_start: WarmStartConfig | None = None,
 ) -> SearchResult:
     """Search ``supernet``'s space on ``data`` under ``constraints``; write the run to ``out_dir``.
 
@@ -113,7 +118,8 @@ def run_search(
     ...) is copied into ``search.json`` and the checkpoints' metadata, so it must be JSON-able.
     ``strategy`` and ``scorer`` are names in :data:`~edgenas.search.strategies.STRATEGIES` and
     :data:`~edgenas.search.scoring.SCORERS`; a deterministic scorer is cached when the supernet does
-    not shift (each architecture scored once, re-scoring included).
+    not shift (each architecture scored once, re-scoring included). ``warm_start`` seeds the first
+    population with the best of a random pool by a zero-cost proxy (:mod:`edgenas.search.warm_start`).
     """
     make_strategy, make_scorer = STRATEGIES.get(strategy), SCORERS.get(scorer)
     evolution = evolution or EvolutionConfig()
@@ -135,10 +141,19 @@ def run_search(
         score = CachedScorer(score)
     shifting = (SupernetShifting(supernet, data, shift, seed=evolution.seed, device=dev, channels_last=channels_last)
                 if shift is not None else None)
+    sampler = budget_sampler(supernet.space, constraints)
+    warm = None
+    if warm_start is not None:
+        proxy = SCORERS.get(warm_start.proxy)(supernet, data, scoring, seed=evolution.seed, device=dev,
+                                              channels_last=channels_last)
+        warm = WarmStart(supernet.space, sampler or supernet.space.sample, proxy, constraints, pool=warm_start.pool,
+                         count=evolution.population, seed=evolution.seed)
+        sampler = warm
     search = make_strategy(supernet.space, score, constraints, evolution,
-                           [*([shifting] if shifting is not None else []), *hooks],
-                           sampler=budget_sampler(supernet.space, constraints))
-    settings = _settings(supernet, data, constraints, evolution, shift, scoring, channels_last, strategy, scorer)
+                           [*([shifting] if shifting is not None else []), *([warm] if warm is not None else []),
+                            *hooks], sampler=sampler)
+    settings = _settings(supernet, data, constraints, evolution, shift, scoring, channels_last, strategy, scorer,
+                         warm_start)
     extra = dict(info or {})
     data_meta = to_mapping(data_config) if data_config is not None else {"name": data.name}
 
@@ -167,6 +182,7 @@ def run_search(
         "supernet": SUPERNET_NAME if shifting is not None else None,
         "seconds_this_session": time.perf_counter() - start,
         "strategy": strategy,
+        "warm_start": None if warm is None else {**to_mapping(warm_start), "proxy_scores": warm.scores},
         "scorer": {"name": scorer, "evaluations_this_session": int(getattr(score, "evaluations", 0)),
                    "cache_hits_this_session": int(getattr(score, "hits", 0))},
         "proxy_health": proxy_health(
@@ -180,6 +196,11 @@ def run_search(
                          "info": extra})
     write_search_json(result, out / SEARCH_NAME)
     write_candidates_csv(result, out / CANDIDATES_NAME)
+    if result.front_summary:  # a multi-objective strategy's front, one row per architecture
+        rows = ["arch,arch_id,score,cost_key,cost"] + [
+            f"{f['arch']},{f['arch_id']},{f['score']!r},{result.front_summary['cost']},{f['cost']!r}"
+            for f in result.front_summary["front"]]
+        atomic_write_text(out / PARETO_NAME, "\n".join(rows) + "\n")
     if result.cost_key() is not None:
         budget = next((c.limit for c in constraints if isinstance(c, Budget) and c.name == result.cost_key()), None)
         plot_candidates(result, out / PLOT_NAME, budget=budget, title=f"{supernet.space.name} on {data.name}")
