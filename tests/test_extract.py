@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from edgenas.cli import cli
-from edgenas.data import DataConfig, iterate_batches
+from edgenas.data import DataConfig, iterate_batches, load_dataset
 from edgenas.errors import CheckpointError, EdgenasError
 from edgenas.extract import SUBNET_FORMAT, data_facts, extract_subnet, load_subnet, resolve_run, save_subnet
 from edgenas.supernet import Supernet, recalibrated, save_checkpoint
@@ -107,3 +107,43 @@ def test_extract_cli_writes_a_subnet_that_scores_like_the_search(search_run, tin
     assert res.exit_code == 2 and "does not belong to the searched space" in res.stderr
     res = CliRunner().invoke(cli, ["extract", str(search_run / "nope")])
     assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "does not exist" in res.stderr
+
+
+def test_extract_pareto_spreads_models_along_the_front(search_run, tmp_path):
+    from edgenas.pipeline.extract import spread_along_front
+
+    run = search_run / "run"
+    doc = json.loads((run / "search.json").read_text())
+    front = [{"arch": f"a{i}", "score": 0.5 + i / 10, "cost": float(i)} for i in range(5)]
+    picks = spread_along_front({"front_summary": {"cost": "latency_ms", "front": front[::-1]}}, 3)
+    assert [p["arch"] for p in picks] == ["a0", "a2", "a4"] and picks[0]["cost_key"] == "latency_ms"
+    assert len(spread_along_front({"front_summary": {"cost": "x", "front": front}}, 9)) == 5
+    with pytest.raises(EdgenasError, match="no cost"):
+        spread_along_front({"pareto": {"cost": None, "front": []}}, 2)
+    with pytest.raises(EdgenasError, match="no cost"):  # the fixture's search had no budget
+        spread_along_front(doc, 2)
+    # a search under a FLOPs budget records its front
+    from edgenas.search import EvolutionConfig, make_budget_constraints, run_search
+    from edgenas.supernet import load_checkpoint
+
+    supernet, _, _ = load_checkpoint(search_run / "supernet.pt")
+    data = load_dataset(DataConfig(name="digits", seed=0))
+    budget = make_budget_constraints(supernet.space, input_hw=(8, 8), in_channels=1, num_classes=10, mflops=1.0)
+    run = tmp_path / "run"
+    run_search(supernet, data, run, budget, shift=None, device="cpu", data_config=DataConfig(name="digits"),
+               evolution=EvolutionConfig(population=6, generations=1, topk=2, mutations=1, crossovers=1, seed=0),
+               info={"source": str(search_run / "supernet.pt")})
+    doc = json.loads((run / "search.json").read_text())
+    res = CliRunner().invoke(cli, ["extract", str(run), "--pareto", "2", "--out", str(tmp_path / "p"),
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    listing = json.loads((tmp_path / "p" / "pareto.json").read_text())
+    key = doc["pareto"]["cost"]
+    expected = sorted(doc["pareto"]["front"], key=lambda c: (c["metrics"][key], -c["score"]))
+    assert listing["cost"] == key and listing["models"][0]["arch"] == expected[0]["arch"]
+    assert len(listing["models"]) == min(2, len(expected))
+    for model in listing["models"]:
+        subnet, meta, _ = load_subnet(model["path"])
+        assert subnet.arch.to_str() == model["arch"] and meta["front"]["cost"] == model["cost"]
+    both = CliRunner().invoke(cli, ["extract", str(run), "--pareto", "2", "--arch", expected[0]["arch"]])
+    assert both.exit_code == 2 and "--arch or --pareto" in both.stderr

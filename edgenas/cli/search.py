@@ -140,15 +140,33 @@ def search(profile_name: str, ckpt: str | None, transfer_from: str | None, freez
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Subnet checkpoint to write [default: RUN_DIR/subnet.pt].")
 @click.option("--recal", type=int, default=None, help="Training batches for BN recalibration [default: the search's].")
+@click.option("--pareto", "pareto_k", type=int, default=None,
+              help="Extract K models spread along the search's accuracy-cost front instead, into --out "
+                   "[default: RUN_DIR/pareto/] with a pareto.json.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print only the subnet's metadata as JSON.")
-def extract(run_dir: str, arch_str: str | None, out_path: str | None, recal: int | None, device: str,
-            as_json: bool) -> None:
+def extract(run_dir: str, arch_str: str | None, out_path: str | None, recal: int | None, pareto_k: int | None,
+            device: str, as_json: bool) -> None:
     """The search's winner (or --arch) as a standalone network with the supernet's weights."""
-    from edgenas.pipeline import ExtractJob
+    from edgenas.errors import ConfigError
+    from edgenas.pipeline import ExtractJob, extract_pareto
     from edgenas.pipeline import extract as extract_stage
 
-    result = extract_stage(ExtractJob(run_dir=run_dir, arch=arch_str, out=out_path, recal=recal, device=device))
+    job = ExtractJob(run_dir=run_dir, arch=arch_str, out=out_path, recal=recal, device=device)
+    if pareto_k is not None:
+        if arch_str is not None:
+            raise ConfigError("give --arch or --pareto, not both")
+        outcomes = extract_pareto(job, pareto_k)
+        if as_json:
+            click.echo(json.dumps([o.to_json() for o in outcomes], indent=2))
+            return
+        for o in outcomes:
+            front = o.meta["front"]
+            click.echo(f"{o.path}: {o.arch} {front['cost_key']} {front['cost']:.4g}, search score "
+                       f"{front['score']:.4g}, inherited test accuracy {o.test_accuracy:.2%}")
+        click.echo(f"wrote {len(outcomes)} subnets and {outcomes[0].path.parent / 'pareto.json'}")
+        return
+    result = extract_stage(job)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return

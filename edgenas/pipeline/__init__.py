@@ -25,7 +25,7 @@ from edgenas.pipeline.baseline import BaselineJob, BaselineOutcome, baseline
 from edgenas.pipeline.check import CheckJob, CheckOutcome, check
 from edgenas.pipeline.evaluate import EvalJob, EvalOutcome, RankCheckJob, evaluate, rank_check
 from edgenas.pipeline.export import ExportJob, export
-from edgenas.pipeline.extract import ExtractJob, ExtractOutcome, extract
+from edgenas.pipeline.extract import ExtractJob, ExtractOutcome, extract, extract_pareto
 from edgenas.pipeline.finetune import FinetuneJob, FinetuneOutcome, finetune
 from edgenas.pipeline.progress import Progress
 from edgenas.pipeline.run import RunJob, RunOutcome, run
@@ -68,6 +68,7 @@ __all__ = [
     "evaluate",
     "export",
     "extract",
+    "extract_pareto",
     "find_table",
     "finetune",
     "rank_check",
