@@ -82,3 +82,21 @@ def test_zero_cost_scorer_errors(supernet, digits):
         ZeroCostScorer(supernet, digits, "nope")
     with pytest.raises(ConfigError, match="batch size must be >= 2"):
         ZeroCostScorer(supernet, digits, "naswot", batch_size=1)
+
+
+def test_flatness_is_the_loss_increase_under_perturbation_and_restores_the_weights(supernet, digits):
+    from edgenas.search.flatness import FlatnessScorer
+    from edgenas.search.scoring import ScoreConfig
+
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    scorer = FlatnessScorer(supernet, digits, ScoreConfig(recal_batches=1, batch_size=128), seed=0, sigma=0.05)
+    arch = supernet.space.sample(np.random.default_rng(0))
+    score, metrics = scorer(arch)
+    assert math.isfinite(score) and score == pytest.approx(-(metrics["perturbed_loss"] - metrics["loss"]))
+    assert all(torch.equal(v, before[k]) for k, v in supernet.state_dict().items())  # restored exactly
+    assert scorer(arch) == (score, metrics)  # the same perturbations every time
+    stronger = FlatnessScorer(supernet, digits, ScoreConfig(recal_batches=1, batch_size=128), seed=0, sigma=0.5)
+    assert stronger(arch)[1]["perturbed_loss"] != metrics["perturbed_loss"]
+    assert "flatness" in SCORERS.names()
+    with pytest.raises(ConfigError, match="sigma"):
+        FlatnessScorer(supernet, digits, sigma=0)

@@ -8,7 +8,8 @@ is never looked at here.
 
 ``SCORERS`` maps ``--scorer`` names to factories with one signature (see :data:`ScorerFactory`):
 ``supernet``, ``params`` and the zero-cost proxies of :mod:`edgenas.search.zero_cost` (``naswot``,
-``synflow``), which score an architecture at initialisation and ignore the supernet's weights.
+``synflow``), which score an architecture at initialisation and ignore the supernet's weights, and
+``flatness`` (:mod:`edgenas.search.flatness`), the loss increase under small weight perturbations.
 A scorer that sets ``deterministic = True`` returns the same value for the same architecture as
 long as the supernet's weights do not change; :class:`CachedScorer` then scores each architecture
 once (the search wraps it so when it does not shift the supernet).
@@ -99,10 +100,12 @@ SCORERS.register("params", lambda supernet, data, config=None, **_: ParamsScorer
 
 
 def _register_zero_cost() -> None:
+    from edgenas.search.flatness import FlatnessScorer
     from edgenas.search.zero_cost import PROXIES, factory
 
     for name in PROXIES:
         SCORERS.register(name, factory(name))
+    SCORERS.register("flatness", FlatnessScorer)
 
 
 _register_zero_cost()
