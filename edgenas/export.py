@@ -1,11 +1,14 @@
 """Export a subnet checkpoint as a deployable ONNX bundle: export → check → compare, every time.
 
-A bundle is one directory ``<out_dir>/<name>/`` holding ``model.onnx`` (fp32, dynamic batch, batch
-norm folded), optionally ``model.int8.onnx`` (static QDQ quantization calibrated on real training
-images) and ``manifest.json`` (format ``edgenas-bundle/1``): what the model is (architecture, space,
-dataset, classes), how to feed it (input name, shape, normalisation), what it was verified to do
-(torch vs ONNX Runtime parity, test accuracy of torch, fp32 ONNX and int8 with image counts), what it
-costs (FLOPs, parameters, ONNX multiply-adds, measured latency) and the hash of every file.
+A bundle is one directory ``<out_dir>/<name>/`` holding ``model.onnx`` (fp32, dynamic batch, batch norm
+folded), optionally ``model.int8.onnx`` (static QDQ quantization calibrated on real training images,
+shipped only when it keeps its accuracy) and ``manifest.json`` (format ``edgenas-bundle/1``): what the
+model is (architecture, space, dataset, classes), how to feed it (input name, shape, normalisation),
+what it was verified to do (torch vs ONNX Runtime parity, test accuracy of torch, fp32 ONNX and int8
+with image counts, and the int8 gate's verdict: ``int8`` is ``null`` when int8 was not asked for, else
+its ``status`` "shipped" or "left_out", the ``reason``, the tolerance and the measured figures;
+``accuracy.int8`` describes the shipped int8 file only), what it costs (FLOPs, parameters, ONNX
+multiply-adds, measured latency) and the hash of every file.
 
 Why every step is checked rather than trusted:
 
@@ -14,8 +17,13 @@ Why every step is checked rather than trusted:
   ``onnx.checker`` (full check), against ONNX Runtime's kernel registry, and then run on the *real*
   test split next to the torch model: the export fails when the logits differ by more than
   :data:`PARITY_TOLERANCE` or the top-1 predictions agree on less than :data:`MIN_AGREEMENT` of images.
-* int8 accuracy depends on the calibration data, so it is calibrated on training images (seeded)
-  and its test accuracy and agreement with fp32 are recorded, not assumed.
+* int8 accuracy depends on the calibration data and on the int8 kernels, so it is calibrated on
+  training images (seeded, preprocessed exactly as at inference) and its test accuracy and agreement
+  with fp32 are measured, not assumed. int8 is a quality gate like the latency check: when its top-1
+  accuracy on the evaluation split falls more than ``int8_tolerance`` points below the fp32 ONNX
+  model's, ``model.int8.onnx`` is left out of the bundle and the manifest's ``int8`` entry says why,
+  with the measured figures. The fp32 bundle is still valid, so the export succeeds, unless
+  ``require_int8`` made a shipped int8 file part of the request (:class:`Int8GateError`).
 * The bundle is written to a temporary directory beside the target and renamed into place, so a
   failed or interrupted export never leaves half a bundle behind.
 
@@ -53,7 +61,7 @@ from edgenas.onnx_graph import (
     export_onnx,
     onnx_cost,
 )
-from edgenas.quantize import first_line, quantize_int8
+from edgenas.quantize import INT8_SCHEME, first_line, quantize_int8
 
 if TYPE_CHECKING:
     from edgenas.hardware.profile import Profile
@@ -61,6 +69,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUNDLE_FORMAT",
     "INT8_FILE",
+    "INT8_TOLERANCE",
     "MANIFEST_FILE",
     "MIN_AGREEMENT",
     "MODEL_FILE",
@@ -68,6 +77,7 @@ __all__ = [
     "BundleError",
     "ExportConfig",
     "ExportResult",
+    "Int8GateError",
     "check_onnx",
     "export_bundle",
     "export_onnx",
@@ -83,6 +93,7 @@ INT8_FILE = "model.int8.onnx"
 MANIFEST_FILE = "manifest.json"
 PARITY_TOLERANCE = 1e-4  # max |logit difference| between torch fp32 and ONNX Runtime fp32
 MIN_AGREEMENT = 0.999  # fraction of test images whose top-1 class must agree
+INT8_TOLERANCE = 1.0  # default: max top-1 accuracy drop of int8 vs fp32 ONNX, in percentage points
 EVAL_BATCH = 256
 CALIB_BATCH = 64
 CALIB_SEED = 0
@@ -97,6 +108,13 @@ class ExportConfig:
     split). ``profile`` is a hardware profile name, YAML path or :class:`~edgenas.hardware.profile.Profile`
     (for example one with a shortened measurement protocol); it must be an fp32 onnxruntime profile,
     because both files are measured as they are.
+
+    ``int8_tolerance`` is the largest top-1 accuracy drop of the int8 model below the fp32 ONNX model,
+    in percentage points on the evaluation split (the test images used for parity), that still ships
+    ``model.int8.onnx``; above it the file is left out and the manifest records why. ``int8=True``
+    asks for int8 *if it holds*: leaving it out is a result, not an error. ``require_int8`` demands it:
+    a left-out int8 then fails the export (:class:`Int8GateError`, nothing written), for pipelines
+    that must deploy int8.
     """
 
     name: str
@@ -108,6 +126,8 @@ class ExportConfig:
     parity_images: int | None = None
     profile: str | Path | Profile = "cpu-ort"
     measure: bool = True
+    int8_tolerance: float = INT8_TOLERANCE
+    require_int8: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -122,6 +142,18 @@ class ExportConfig:
         if self.parity_images is not None and (isinstance(self.parity_images, bool)
                                                or not isinstance(self.parity_images, int) or self.parity_images < 1):
             raise ConfigError(f"parity_images must be a positive integer or None, not {self.parity_images!r}")
+        tol = self.int8_tolerance
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0.0 <= tol <= 100.0:
+            raise ConfigError(f"int8_tolerance must be a number of accuracy points between 0 and 100, not {tol!r}")
+        if self.require_int8 and not self.int8:
+            raise ConfigError("require_int8 needs int8 (--require-int8 with --no-int8 asks for both and neither)")
+
+
+class Int8GateError(EdgenasError):
+    """int8 was required (``require_int8``) but lost more accuracy than the tolerance; exit code 1, as a
+    failed check, not 2 (bad input)."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -172,6 +204,9 @@ class _Predictions:
     int8_pred: list[np.ndarray] = dataclasses.field(default_factory=list)
     max_abs_diff: float = 0.0
     batch_sizes: list[int] = dataclasses.field(default_factory=list)
+
+    def correct(self, key: str) -> int:
+        return int((np.concatenate(getattr(self, key)) == np.concatenate(self.labels)).sum())
 
     def figures(self, key: str) -> dict[str, Any]:
         y, pred = np.concatenate(self.labels), np.concatenate(getattr(self, key))
@@ -237,6 +272,23 @@ class _ImageCalibration:
         self._it = self._batches()
 
 
+def _int8_gate(preds: _Predictions, tolerance: float, calibration: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``int8`` entry: shipped, or left out because the top-1 accuracy drop below fp32 ONNX
+    on the evaluation images exceeds ``tolerance`` points (counted from correct images, so a drop of
+    exactly the tolerance ships)."""
+    count = sum(preds.batch_sizes)
+    fp32_correct, int8_correct = preds.correct("onnx_pred"), preds.correct("int8_pred")
+    drop = 100.0 * (fp32_correct - int8_correct) / count
+    shipped = drop <= tolerance
+    reason = None if shipped else (
+        f"int8 left out: top-1 accuracy {int8_correct / count:.2%} vs fp32 {fp32_correct / count:.2%} on {count} "
+        f"test images, a drop of {drop:.2f} points over the {tolerance:g}-point tolerance")
+    return {"status": "shipped" if shipped else "left_out", "file": INT8_FILE if shipped else None, "reason": reason,
+            "tolerance_points": float(tolerance), "drop_points": drop, "fp32_accuracy": fp32_correct / count,
+            "int8_accuracy": int8_correct / count, "count": count, "split": "test",
+            "top1_agreement_with_fp32": preds.agreement("int8_pred", "onnx_pred"), "calibration": calibration}
+
+
 # ----- the bundle -------------------------------------------------------------------------------------------
 def _load_profile(spec: str | Path | Profile, input_shape: tuple[int, int, int]) -> Profile:
     from edgenas.hardware.profile import Profile, load_profile
@@ -289,11 +341,14 @@ def _write_bundle(target: Path, files: dict[str, bytes], manifest: dict[str, Any
 
 def export_bundle(subnet_ckpt: str | Path, config: ExportConfig, *, overwrite: bool = False,
                   on_progress: Callable[[str], None] | None = None) -> ExportResult:
-    """Export, check, compare, quantize, measure and write the bundle ``<out_dir>/<name>/``.
+    """Export, check, compare, quantize, gate int8, measure and write the bundle ``<out_dir>/<name>/``.
 
     Raises :class:`EdgenasError` (one line) when the checkpoint is not a subnet, an op cannot be
-    exported or run, parity fails, or the bundle exists and ``overwrite`` is false. Nothing is
-    written unless every step succeeded.
+    exported or run, parity fails, or the bundle exists and ``overwrite`` is false; and
+    :class:`Int8GateError` when ``config.require_int8`` and int8 loses more than ``config.int8_tolerance``
+    points. Nothing is written unless every step succeeded. An int8 model over the tolerance without
+    ``require_int8`` is not a failure: the bundle is written without it (and measured without it) and
+    ``manifest["int8"]`` records ``status`` "left_out", the ``reason`` and the figures.
     """
     import onnx
 
@@ -354,15 +409,15 @@ def export_bundle(subnet_ckpt: str | Path, config: ExportConfig, *, overwrite: b
     int8: bytes | None = None
     int8_info: dict[str, Any] = {}
     if config.int8:
-        progress(f"quantizing to int8 (QDQ, per-channel), calibrating on {config.calib_images} training images")
+        progress(f"quantizing to int8 (QDQ, 7-bit per-channel weights), calibrating on {config.calib_images} "
+                 "training images")
         reader = _ImageCalibration(data.train, config.calib_images)
         int8, preprocessed = quantize_int8(fp32, reader)
         proto8 = check_onnx(int8, label="model.int8.onnx")
         _set_metadata(proto8, {**props, "precision": "int8"}, doc + "; int8 QDQ quantized")
         int8 = proto8.SerializeToString()
         int8_info = {"calib_images": reader.used, "calib_seed": CALIB_SEED, "calib_split": "train",
-                     "preprocessed": preprocessed, "format": "QDQ", "weights": "int8 per-channel",
-                     "activations": "uint8", "calibration": "MinMax"}
+                     "preprocessed": preprocessed, **INT8_SCHEME}
 
     test = _test_subset(data.test, config.parity_images)
     progress(f"comparing torch and ONNX Runtime on {len(test)} test images")
@@ -376,10 +431,19 @@ def export_bundle(subnet_ckpt: str | Path, config: ExportConfig, *, overwrite: b
         )
     accuracy: dict[str, Any] = {"split": "test", "torch": preds.figures("torch_pred"),
                                 "onnx": preds.figures("onnx_pred"), "int8": None, "int8_drop_points": None}
+    gate: dict[str, Any] | None = None
     if int8 is not None:
-        accuracy["int8"] = {**preds.figures("int8_pred"), "top1_agreement_with_fp32":
-                            preds.agreement("int8_pred", "onnx_pred"), **int8_info}
-        accuracy["int8_drop_points"] = 100.0 * (accuracy["onnx"]["accuracy"] - accuracy["int8"]["accuracy"])
+        gate = _int8_gate(preds, config.int8_tolerance, int8_info)
+        if gate["status"] == "shipped":
+            accuracy["int8"] = {**preds.figures("int8_pred"),
+                                "top1_agreement_with_fp32": gate["top1_agreement_with_fp32"], **int8_info}
+            accuracy["int8_drop_points"] = gate["drop_points"]
+        else:
+            int8 = None
+            progress(gate["reason"])
+            if config.require_int8:
+                raise Int8GateError(f"{gate['reason']} and int8 was required (--require-int8, require_int8=True); "
+                                    "nothing written")
 
     progress("counting FLOPs and parameters")
     flops = count_flops(subnet, input_shape)
@@ -421,6 +485,7 @@ def export_bundle(subnet_ckpt: str | Path, config: ExportConfig, *, overwrite: b
         "simplified": config.simplify,
         "files": {name: {"sha256": _sha256(blob), "bytes": len(blob)} for name, blob in files.items()},
         "accuracy": accuracy,
+        "int8": gate,
         "parity": {"max_abs_diff": preds.max_abs_diff, "top1_agreement": agreement, "count": count,
                    "tolerance": PARITY_TOLERANCE, "min_agreement": MIN_AGREEMENT,
                    "batch_sizes": sorted(set(preds.batch_sizes), reverse=True)},

@@ -118,8 +118,12 @@ def pipeline_summary(run_dir: Path, log: StageLog) -> list[tuple[str, str]]:
         acc = manifest.get("accuracy") or {}
         lat = manifest.get("latency") or {}
         cost = manifest.get("cost") or {}
+        gate = manifest.get("int8") or {}
+        int8_acc = (_pct((acc.get("int8") or {}).get("accuracy")) if gate.get("status") != "left_out" else
+                    f"left out: a drop of {gate.get('drop_points', float('nan')):.2f} points > "
+                    f"{gate.get('tolerance_points', float('nan')):g} tolerated")
         rows += [("ONNX fp32: test accuracy", _pct((acc.get("onnx") or {}).get("accuracy"))),
-                 ("ONNX int8: test accuracy", _pct((acc.get("int8") or {}).get("accuracy"))),
+                 ("ONNX int8: test accuracy", int8_acc),
                  ("ONNX fp32: measured latency", _ms((lat.get("model.onnx") or {}).get("median_ms"))),
                  ("ONNX int8: measured latency", _ms((lat.get("model.int8.onnx") or {}).get("median_ms"))),
                  ("FLOPs / params", f"{cost.get('mflops', float('nan')):.2f} MFLOPs / {cost.get('params', '-')}")]

@@ -68,11 +68,14 @@ def fast_profile():
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, subnet_ckpt, fast_profile):
-    """One full export (int8 and a shortened latency measurement) shared by the read-only tests."""
+    """One full export (int8 and a shortened latency measurement) shared by the read-only tests. The subnet
+    is untrained (accuracy at chance, so its int8 drop is noise), and these tests are about the files and
+    figures of a bundle with int8, so the accuracy gate is opened (it is tested in test_int8_gate.py)."""
     out = tmp_path_factory.mktemp("export")
     stages: list[str] = []
     result = export_bundle(subnet_ckpt, ExportConfig(name="digits-net", out_dir=out, calib_images=64,
-                                                     profile=fast_profile), on_progress=stages.append)
+                                                     profile=fast_profile, int8_tolerance=100),
+                           on_progress=stages.append)
     return result, stages
 
 
@@ -136,6 +139,10 @@ def test_int8_file_and_figures(bundle):
     assert 0.0 <= i8["top1_agreement_with_fp32"] <= 1.0
     assert m["accuracy"]["int8_drop_points"] == pytest.approx(100 * (m["accuracy"]["onnx"]["accuracy"]
                                                                      - i8["accuracy"]))
+    gate = m["int8"]
+    assert gate["status"] == "shipped" and gate["file"] == "model.int8.onnx" and gate["reason"] is None
+    assert gate["tolerance_points"] == 100 and gate["drop_points"] == pytest.approx(m["accuracy"]["int8_drop_points"])
+    assert gate["calibration"] == {k: i8[k] for k in gate["calibration"]}
 
 
 def test_metadata_props_describe_the_model(bundle, digits):
@@ -274,7 +281,7 @@ def test_cli_export_json_then_existing_bundle_and_force(subnet_ckpt, tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads(res.stdout)
     assert m["bundle_dir"] == str(tmp_path / "cli") and list(m["files"]) == ["model.onnx"]
-    assert m["accuracy"]["int8"] is None and m["latency"] is None and m["profile"] is None
+    assert m["accuracy"]["int8"] is None and m["int8"] is None and m["latency"] is None and m["profile"] is None
     assert m["parity"]["count"] == 100 and m["accuracy"]["onnx"]["count"] == 100
     before = (tmp_path / "cli" / "manifest.json").read_text()
     res = runner.invoke(cli, args)

@@ -1,17 +1,33 @@
-"""The fixed reference workload timed beside a bundle, so a runner's drift hits both and cancels."""
+"""The fixed reference workload timed beside a bundle, so a runner's drift hits both and cancels.
+
+Two kinds, both rebuilt exactly from what the baseline stores:
+
+- :class:`TwinReference` (``ref-twin/1``, what ``--update`` records): the bundle's own graph as it
+  was at ``--update``, with its large weights replaced by seeded random ones. It has the bundle's op
+  mix by construction, so load and CPU type move both alike.
+- :class:`ReferenceSpec` (``ref-mbconv/1``, older baselines and ``--reference mbconv``): a fixed
+  inverted-residual network sized to the bundle's latency.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from edgenas.check.rule import _WIDTH_RANGE, REFERENCE_NAME
+from edgenas.check.rule import _WIDTH_RANGE, REFERENCE_NAME, TWIN_NAME
 from edgenas.config import from_mapping, to_mapping
 from edgenas.errors import ConfigError
+
+__all__ = ["Reference", "ReferenceSpec", "TwinReference", "reference_from_json"]
 
 
 # ----- the reference workload --------------------------------------------------------------------------------
@@ -121,6 +137,14 @@ class ReferenceSpec:
     def from_json(cls, data: Any, where: str = "reference") -> ReferenceSpec:
         return from_mapping(cls, data, where=where)
 
+    def describe(self) -> str:
+        """One line for reports."""
+        return f"{self.name} (width {self.width}, depth {self.depth})"
+
+    def summary_json(self) -> dict[str, Any]:
+        """What a check report shows of the reference (all of it: it is small)."""
+        return self.to_json()
+
     @classmethod
     def for_macs(cls, input_shape: Sequence[int], macs: float, **fields: Any) -> ReferenceSpec:
         """The spec whose MACs come closest to ``macs`` by width (clamped to 2..512)."""
@@ -140,3 +164,129 @@ def _reference_macs_terms(shape: Sequence[int], depth: int, expand: int, classes
     a = pixels * 2 * expand * depth
     b = pixels * (9 * c + 9 * expand * depth) + classes
     return a, b
+
+
+# ----- the bundle's twin -------------------------------------------------------------------------------------
+# Initializers with more elements than this are stored as shape + fill parameters and regenerated;
+# smaller ones (biases of narrow layers, quantization scales and zero points, Reshape shapes) verbatim.
+_KEEP_ELEMENTS = 64
+_FILL_MARK = "edgenas-twin-fill:"
+_FLOAT_TYPES = (1, 10, 11)  # onnx TensorProto FLOAT, FLOAT16, DOUBLE
+_INT_TYPES = (2, 3, 4, 5, 6, 7, 12, 13)  # UINT8, INT8, UINT16, INT16, INT32, INT64, UINT32, UINT64
+
+
+@dataclass(frozen=True)
+class TwinReference:
+    """The bundle's model graph as it was at ``--update``, with seeded weights: the bundle's op mix.
+
+    ``graph`` is the ONNX model with every initializer of more than 64 elements emptied (its shape,
+    type and fill parameters kept: the standard deviation of a float tensor, the range of an integer
+    one), zlib-compressed and base64-encoded, so the baseline stays a few KiB to a few tens of KiB.
+    :meth:`model_bytes` refills those tensors from ``numpy.random.default_rng(seed)``; latency does not
+    depend on weight values (no denormals: the fill keeps each tensor's scale), so the twin runs as
+    fast as the baseline's model did and the baseline ratio is about 1. Timed beside the current
+    bundle it answers: is the bundle slower than its own baseline graph, on this machine, now?
+
+    Measured (docs/BENCHMARKS.md, check_reliability: a shared 2-core host, five load scenarios of
+    20 checks each, both references checked in turn under the same conditions): against its twin
+    the unchanged bundle's d stayed within 0.91-1.06 and the check raised 0/100 false alarms and
+    caught 100/100 of a +24.5% slowdown at 10% tolerance; against ``ref-mbconv/1`` d ranged
+    0.78-1.62, with 28/100 false alarms (19/20 beside two busy processes) and 89/100 detections
+    (9/20 against a baseline recorded beside them). What the twin cannot see: an onnxruntime upgrade
+    that slows the bundle's kernels slows the twin alike (the check notes a runtime version change).
+    """
+
+    input_shape: tuple[int, int, int]
+    graph: str
+    nodes: int
+    seed: int = 0
+    name: str = TWIN_NAME
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        if self.name != TWIN_NAME:
+            raise ConfigError(f"unknown reference workload '{self.name}' (this edgenas knows {TWIN_NAME} and "
+                              f"{REFERENCE_NAME}); rewrite the baseline with --update")
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise ConfigError(f"reference input shape must be three positive sizes C, H, W, not {self.input_shape}")
+        proto = self._proto()  # a corrupt graph is an error when the baseline is read, before measuring
+        if len(proto.graph.node) != self.nodes or self.nodes < 1:
+            raise ConfigError(f"reference graph has {len(proto.graph.node)} nodes, the baseline says {self.nodes}")
+
+    @classmethod
+    def from_model(cls, model: bytes, input_shape: Sequence[int], seed: int = 0) -> TwinReference:
+        """The twin of a serialized ONNX model (the file ``--update`` measures)."""
+        import onnx
+        from onnx import numpy_helper
+
+        proto = onnx.load_model_from_string(model)
+        for tensor in proto.graph.initializer:
+            if math.prod(tensor.dims) <= _KEEP_ELEMENTS or tensor.data_type not in _FLOAT_TYPES + _INT_TYPES:
+                continue
+            values = numpy_helper.to_array(tensor)
+            if tensor.data_type in _FLOAT_TYPES:
+                fill: dict[str, float] = {"std": float(np.std(values.astype(np.float64)))}
+            else:
+                fill = {"low": int(values.min()), "high": int(values.max())}
+            name, dims, dtype = tensor.name, list(tensor.dims), tensor.data_type
+            tensor.Clear()
+            tensor.name, tensor.data_type = name, dtype
+            tensor.dims.extend(dims)
+            tensor.doc_string = _FILL_MARK + json.dumps(fill, sort_keys=True)
+        packed = base64.b64encode(zlib.compress(proto.SerializeToString(), 9)).decode("ascii")
+        return cls(input_shape=tuple(input_shape), graph=packed, nodes=len(proto.graph.node), seed=seed)
+
+    def _proto(self) -> Any:
+        import onnx
+
+        try:
+            data = zlib.decompress(base64.b64decode(self.graph.encode("ascii"), validate=True))
+            return onnx.load_model_from_string(data)
+        except (binascii.Error, zlib.error, ValueError, UnicodeError) as exc:
+            raise ConfigError(f"reference graph is not a valid encoded ONNX model ({exc})") from None
+        except Exception as exc:  # protobuf's DecodeError
+            raise ConfigError(f"reference graph is not a valid ONNX model ({type(exc).__name__})") from None
+
+    def model_bytes(self) -> bytes:
+        """The graph with its emptied initializers refilled from the seed; the same bytes every time."""
+        from onnx import helper, numpy_helper
+
+        proto = self._proto()
+        rng = np.random.default_rng(self.seed)
+        for tensor in proto.graph.initializer:
+            if not tensor.doc_string.startswith(_FILL_MARK):
+                continue
+            fill = json.loads(tensor.doc_string[len(_FILL_MARK):])
+            dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            shape = tuple(tensor.dims)
+            if tensor.data_type in _FLOAT_TYPES:
+                values = (rng.standard_normal(shape) * fill["std"]).astype(dtype)
+            else:
+                values = rng.integers(fill["low"], fill["high"] + 1, size=shape, dtype=np.int64).astype(dtype)
+            tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+        return proto.SerializeToString()
+
+    def to_json(self) -> dict[str, Any]:
+        return to_mapping(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "reference") -> TwinReference:
+        return from_mapping(cls, data, where=where)
+
+    def describe(self) -> str:
+        return f"{self.name} (the baseline's graph, {self.nodes} nodes, seeded weights)"
+
+    def summary_json(self) -> dict[str, Any]:
+        """What a check report shows of the reference: not the encoded graph, a digest of it."""
+        return {"name": self.name, "input_shape": list(self.input_shape), "nodes": self.nodes, "seed": self.seed,
+                "graph_sha256": hashlib.sha256(self.graph.encode("ascii")).hexdigest()}
+
+
+Reference = ReferenceSpec | TwinReference
+
+
+def reference_from_json(data: Any, where: str = "reference") -> Reference:
+    """A stored reference of either kind, told apart by its ``name``."""
+    if isinstance(data, dict) and data.get("name") == TWIN_NAME:
+        return TwinReference.from_json(data, where=where)
+    return ReferenceSpec.from_json(data, where=where)

@@ -15,17 +15,23 @@ from typing import Any, Literal
 from edgenas.check.measure import (
     Baseline,
     RatioMeasurement,
+    Timer,
     _Bundle,
     _cost,
     _load_bundle,
-    _measure_ratio,
+    _measure_until,
     _quiet,
+    _say_measuring,
     _sha256,
     _target,
 )
+from edgenas.check.reference import ReferenceSpec
 from edgenas.check.rule import (
     BASELINE_KEY,
     CHECK_FORMAT,
+    EXIT_INCONCLUSIVE,
+    EXIT_PASS,
+    EXIT_REGRESSION,
     CheckConfig,
     Decision,
     Verdict,
@@ -73,7 +79,13 @@ class FileCheck:
 
 @dataclass(frozen=True)
 class CheckReport:
-    """Everything one check found; ``exit_code`` is what the CLI exits with."""
+    """Everything one check found; ``exit_code`` is what the CLI exits with.
+
+    0 pass (or improved), 1 a regression (latency confidently slower than the tolerance, or FLOPs or
+    params changed), 3 inconclusive (nothing failed, but the latency CI still straddled 1 + tolerance
+    when the trial or time cap was reached: neither a pass nor a regression; rerun, on a quieter
+    machine or with a larger --max-trials). A definite failure wins over an inconclusive latency.
+    """
 
     bundle: str
     profile: str
@@ -100,14 +112,20 @@ class CheckReport:
         return out
 
     @property
+    def inconclusive(self) -> bool:
+        return not self.decision.decided
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.failures else 0
+        if self.failures:
+            return EXIT_REGRESSION
+        return EXIT_INCONCLUSIVE if self.inconclusive else EXIT_PASS
 
     @property
     def verdict(self) -> Verdict:
         if self.failures:
             return "REGRESSION"
-        return "IMPROVED" if self.decision.verdict == "IMPROVED" else "PASS"
+        return self.decision.verdict
 
     def rows(self) -> list[tuple[str, str, str, str, str, str]]:
         """metric, baseline, now, change, CI, verdict."""
@@ -130,24 +148,31 @@ class CheckReport:
         rows = self.rows()
         lines = [f"edgenas check {self.bundle} on {self.profile} ({self.profile_hash}): {self.verdict}"]
         lines += [_rich_table(head, rows) if use_rich else _plain_table(head, rows), f"rule: {self.rule}"]
-        m, ref = self.measurement, self.baseline.reference
-        lines.append(f"{m.trials} trial ratios now: median {m.ratio_median:.4f}, range {min(m.ratios):.4f} .. "
-                     f"{max(m.ratios):.4f}; reference {ref.name} width {ref.width}; {m.seconds:.1f} s measuring")
+        m = self.measurement
+        lines.append(f"{m.trials} trial ratios now ({m.rounds} round{'s' if m.rounds > 1 else ''}): median "
+                     f"{m.ratio_median:.4f}, range {min(m.ratios):.4f} .. {max(m.ratios):.4f}; reference "
+                     f"{self.baseline.reference.describe()}; {m.seconds:.1f} s measuring")
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"FAIL: {f}" for f in self.failures]
+        if self.inconclusive and not self.failures:
+            lines.append(f"INCONCLUSIVE (exit {EXIT_INCONCLUSIVE}): {self.decision.summary()}; the CI straddles "
+                         f"+{self.config.tolerance:.1%} after {m.trials} trials. Neither a pass nor a regression: "
+                         "rerun the check, on a quieter machine or with a larger --max-trials")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         d, m, b = self.decision, self.measurement, self.baseline
         return {
             "format": CHECK_FORMAT, "bundle": self.bundle, "profile": self.profile, "profile_hash": self.profile_hash,
-            "verdict": self.verdict, "exit_code": self.exit_code, "rule": self.rule,
+            "verdict": self.verdict, "exit_code": self.exit_code, "inconclusive": self.inconclusive,
+            "rule": self.rule,
             "config": to_mapping(self.config),
             "latency": {"verdict": d.verdict, "baseline_ratio": b.ratio_median, "ratio_median": m.ratio_median,
                         "change": d.change, "ci": [d.ci_low, d.ci_high], "ratios": list(m.ratios),
-                        "trials": m.trials, "bundle_median_ms": m.bundle_median_ms,
+                        "trials": m.trials, "rounds": m.rounds, "bundle_median_ms": m.bundle_median_ms,
                         "reference_median_ms": m.reference_median_ms, "baseline_bundle_median_ms": b.bundle_median_ms,
-                        "baseline_reference_median_ms": b.reference_median_ms, "reference": b.reference.to_json(),
+                        "baseline_reference_median_ms": b.reference_median_ms,
+                        "reference": b.reference.summary_json(),
                         "seconds": m.seconds},
             **{c.name: {"verdict": c.verdict, "baseline": c.baseline, "now": c.now, "message": c.message()}
                for c in self.costs},
@@ -156,10 +181,13 @@ class CheckReport:
         }
 
     def to_junit(self) -> str:
-        """JUnit XML: one testsuite, testcases latency, flops and params; a failure element per regression."""
+        """JUnit XML: one testsuite, testcases latency, flops and params; a ``failure`` element per
+        regression, an ``error`` element (type LatencyInconclusive) on the latency testcase when its
+        verdict is INCONCLUSIVE: the test could not reach a verdict, which CI systems show as red, not
+        as passed or skipped."""
         suite = ET.Element("testsuite", name="edgenas.check", tests=str(1 + len(self.costs)),
                            failures=str(int(self.decision.failed) + sum(c.verdict == "REGRESSION" for c in self.costs)),
-                           errors="0", skipped="0", time=f"{self.seconds:.3f}",
+                           errors=str(int(self.inconclusive)), skipped="0", time=f"{self.seconds:.3f}",
                            timestamp=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         props = ET.SubElement(suite, "properties")
         for key, value in (("bundle", self.bundle), ("profile", self.profile), ("profile_hash", self.profile_hash),
@@ -168,9 +196,11 @@ class CheckReport:
         classname = f"edgenas.check.{Path(self.bundle).name}"
         case = ET.SubElement(suite, "testcase", classname=classname, name="latency",
                              time=f"{self.measurement.seconds:.3f}")
+        detail = f"per-trial ratios {list(self.measurement.ratios)}; baseline ratio {self.baseline.ratio_median}"
         if self.decision.failed:
-            ET.SubElement(case, "failure", type="LatencyRegression", message=self.decision.summary()).text = (
-                f"per-trial ratios {list(self.measurement.ratios)}; baseline ratio {self.baseline.ratio_median}")
+            ET.SubElement(case, "failure", type="LatencyRegression", message=self.decision.summary()).text = detail
+        elif self.inconclusive:
+            ET.SubElement(case, "error", type="LatencyInconclusive", message=self.decision.summary()).text = detail
         else:
             ET.SubElement(case, "system-out").text = self.decision.summary()
         for c in self.costs:
@@ -196,7 +226,8 @@ def _rich_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         from rich.table import Table
     except ImportError:  # rich is a dependency, but the plain table is good enough without it
         return _plain_table(head, rows)
-    colours = {"PASS": "green", "IMPROVED": "cyan", "REGRESSION": "bold red", "INFO": "dim"}
+    colours = {"PASS": "green", "IMPROVED": "cyan", "REGRESSION": "bold red", "INCONCLUSIVE": "yellow",
+               "INFO": "dim"}
     table = Table(*head)
     for row in rows:
         table.add_row(*row[:-1], f"[{colours.get(row[-1], '')}]{row[-1]}[/]")
@@ -241,11 +272,13 @@ def _read_baseline(bundle: _Bundle, profile: Profile) -> Baseline:
 
 
 def check_bundle(bundle_dir: str | Path, profile: Profile, config: CheckConfig | None = None,
-                 on_progress: Callable[[str], None] | None = None) -> CheckReport:
+                 on_progress: Callable[[str], None] | None = None, timer: Timer | None = None) -> CheckReport:
     """Compare the bundle's FLOPs, params and latency ratio with its baseline (see the module's rule).
 
-    Input problems (no bundle, corrupt model, no baseline, another profile) raise EdgenasError
-    before anything is measured; a regression is a report with ``exit_code`` 1, not an exception.
+    Input problems (no bundle, corrupt model, no or malformed baseline, another profile) raise
+    EdgenasError before anything is measured; a regression is a report with ``exit_code`` 1 and an
+    undecided latency one with ``exit_code`` 3, not exceptions. ``timer`` replaces the real timing
+    (:func:`edgenas.check.measure.ort_timer`), for tests of the protocol's logic.
     """
     from edgenas.hardware.measure import runtime_versions
     from edgenas.hardware.table import cpu_model
@@ -284,9 +317,19 @@ def check_bundle(bundle_dir: str | Path, profile: Profile, config: CheckConfig |
     if versions.get("onnxruntime") != baseline.runtime_versions.get("onnxruntime"):
         notes.append(f"onnxruntime {baseline.runtime_versions.get('onnxruntime')} at baseline, now "
                      f"{versions.get('onnxruntime')}")
-    m = _measure_ratio(bundle, target, baseline.reference, on_progress or _quiet)
-    decision = decide(m.ratios, baseline.ratio_median, config.tolerance, config.confidence, config.resamples,
-                      config.seed, baseline_ratios=baseline.ratios or None)
+    if isinstance(baseline.reference, ReferenceSpec):
+        notes.append(f"this baseline times the bundle against {baseline.reference.name}, whose ratio to a bundle moves "
+                     "by several percent with load and host; re-record it with --update to time the bundle against "
+                     "its own baseline graph (ref-twin/1)")
+
+    def decision_of(ratios: Sequence[float]) -> Decision:
+        return decide(ratios, baseline.ratio_median, config.tolerance, config.confidence, config.resamples,
+                      config.seed, baseline_ratios=baseline.ratios)
+
+    say = on_progress or _quiet
+    _say_measuring(bundle, target, baseline.reference, config, say)
+    m = _measure_until(bundle, target, baseline.reference, config, lambda r: decision_of(r).decided, say, timer)
+    decision = decision_of(m.ratios)
     spread = baseline_spread(baseline.ratios, config)
     if spread is not None and spread > config.tolerance / 2:
         notes.append(f"the baseline is noisy (its ratio is known to ±{spread:.1%} only), which widens every check's "

@@ -15,7 +15,14 @@ from edgenas.hardware.profile import MeasureSettings
 CHECK_FORMAT = "edgenas-check/1"
 BASELINE_KEY = "baseline"
 REFERENCE_NAME = "ref-mbconv/1"
-Verdict = Literal["PASS", "REGRESSION", "IMPROVED"]
+TWIN_NAME = "ref-twin/1"
+Verdict = Literal["PASS", "REGRESSION", "IMPROVED", "INCONCLUSIVE"]
+ReferenceKind = Literal["twin", "mbconv"]
+REFERENCE_KINDS: tuple[str, ...] = ("twin", "mbconv")
+# Exit codes of a check: 0 pass (or improved), 1 regression, 2 bad input or crash, 3 inconclusive.
+EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+# While inconclusive, a check may measure up to this many times its first round's trials.
+_ADAPTIVE_FACTOR = 8
 # Width search of the reference: accept a calibration ratio in this band (well inside 0.3x-3x).
 _ACCEPT_BAND = (0.5, 2.0)
 _TARGET_BAND = (1 / 3, 3.0)
@@ -30,31 +37,48 @@ class CheckConfig:
     """How strict the check is and how it measures.
 
     Each trial times ``repeats`` runs of each model after ``warmup`` untimed ones (at most the
-    profile's warm-up). ``trials=None`` spends the profile's timed-run budget (``measure.trials x
-    measure.repeats``, at least 5 trials): the same work as one profile measurement, cut into short
-    interleaved trials, because short trials pair the two models' timings more tightly (see the
-    module docstring).
+    profile's warm-up). The first round has ``trials`` trials; ``trials=None`` spends the profile's
+    timed-run budget (``measure.trials x measure.repeats / repeats``, at least 5): the same work as
+    one profile measurement, cut into short interleaved trials, because short trials pair the two
+    models' timings more tightly (see the module docstring). While the verdict is INCONCLUSIVE,
+    further rounds double the trials measured so far, up to ``max_trials`` in all (``None``: 8x the
+    first round) and no new round after ``max_seconds``. ``reference`` is the workload ``--update``
+    records: ``twin`` (the bundle's own graph with seeded weights) or ``mbconv`` (the fixed
+    ``ref-mbconv/1`` network sized to the bundle).
     """
 
     tolerance: float = 0.10
     trials: int | None = None
+    max_trials: int | None = None
+    max_seconds: float = 60.0
     repeats: int = 10
     warmup: int = 3
     confidence: float = 0.95
     resamples: int = 2000
     seed: int = 0
+    reference: ReferenceKind = "twin"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tolerance, (int, float)) and 0.0 < self.tolerance < 1.0):
             raise ConfigError(f"tolerance must be between 0 and 1 (e.g. 10% or 0.1), not {self.tolerance!r}")
         if self.trials is not None and self.trials < 1:
             raise ConfigError(f"--trials must be >= 1, not {self.trials}")
+        if self.max_trials is not None and self.max_trials < (self.trials or 1):
+            raise ConfigError(f"--max-trials must be >= --trials ({self.trials or 1}), not {self.max_trials}")
+        if not (math.isfinite(self.max_seconds) and self.max_seconds >= 0):
+            raise ConfigError(f"--max-seconds must be a non-negative number, not {self.max_seconds!r}")
         if self.repeats < 1 or self.warmup < 0:
             raise ConfigError(f"repeats must be >= 1 and warmup >= 0, not {self.repeats} and {self.warmup}")
         if not 0.0 < self.confidence < 1.0:
             raise ConfigError(f"confidence must be between 0 and 1, not {self.confidence!r}")
         if self.resamples < 1:
             raise ConfigError(f"resamples must be >= 1, not {self.resamples}")
+        if self.reference not in REFERENCE_KINDS:
+            raise ConfigError(f"--reference must be one of {', '.join(REFERENCE_KINDS)}, not {self.reference!r}")
+
+    def trial_cap(self, first: int) -> int:
+        """The most trials one check measures when its first round has ``first``."""
+        return max(first, self.max_trials if self.max_trials is not None else _ADAPTIVE_FACTOR * first)
 
 
 def parse_tolerance(text: str | float) -> float:
@@ -74,13 +98,17 @@ def rule_text(config: CheckConfig | None = None, trials: int | None = None) -> s
     """The decision rule in one paragraph, with this check's numbers (``trials``: as measured)."""
     c = config or CheckConfig()
     t = trials if trials is not None else c.trials
-    count = "T (default: the profile's timed runs / repeats)" if t is None else f"T = {t}"
+    count = "T" if t is None else f"T = {t}"
+    first = "the profile's timed runs / repeats" if c.trials is None else str(c.trials)
+    cap = f"{_ADAPTIVE_FACTOR}x that" if c.max_trials is None else str(c.max_trials)
     tol = f"{c.tolerance:.4g}"
-    return (f"{count} interleaved trials of {c.repeats} runs each; per-trial ratio r_t = bundle median / reference "
-            f"median; d = median(r) / baseline ratio; {c.confidence:.0%} bootstrap CI of d ({c.resamples} resamples "
-            f"of both the trials and the baseline's stored trials, seed {c.seed}); REGRESSION iff CI low > 1 + {tol} "
-            f"(confidently slower than the tolerance), IMPROVED "
-            f"iff CI high < 1 - {tol} (passes), else PASS. FLOPs and params must equal the baseline exactly.")
+    return (f"{count} interleaved trials of {c.repeats} runs each (first round: {first}; while the verdict is "
+            f"INCONCLUSIVE, rounds doubling the trials up to {cap} in all, none started after {c.max_seconds:g} s); "
+            f"per-trial ratio r_t = bundle median / reference median; d = median(r) / baseline ratio; "
+            f"{c.confidence:.0%} bootstrap CI of d ({c.resamples} resamples of both the trials and the baseline's "
+            f"stored trials, seed {c.seed}); REGRESSION iff CI low > 1 + {tol} (exit 1); PASS iff CI high <= 1 + {tol} "
+            f"(IMPROVED if CI high < 1 - {tol}; exit 0); else INCONCLUSIVE (exit 3: the CI straddles 1 + {tol}). "
+            "FLOPs and params must equal the baseline exactly.")
 
 
 def _pct(x: float) -> str:
@@ -108,6 +136,11 @@ class Decision:
     @property
     def failed(self) -> bool:
         return self.verdict == "REGRESSION"
+
+    @property
+    def decided(self) -> bool:
+        """False while the CI straddles 1 + tolerance: more trials may still decide."""
+        return self.verdict != "INCONCLUSIVE"
 
     def summary(self) -> str:
         return (f"{self.verdict}: latency ratio {_pct(self.change)} vs baseline ({self.confidence:.0%} CI "
@@ -150,11 +183,13 @@ def decide(ratios: Sequence[float], baseline_ratio: float, tolerance: float, con
         boot = boot / baseline_ratio
     alpha = 1.0 - confidence
     low, high = (float(v) for v in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
-    verdict: Verdict = "PASS"
+    verdict: Verdict = "INCONCLUSIVE"
     if low > 1.0 + tolerance:
         verdict = "REGRESSION"
     elif high < 1.0 - tolerance:
         verdict = "IMPROVED"
+    elif high <= 1.0 + tolerance:
+        verdict = "PASS"
     return Decision(verdict, change, low, high, float(np.median(r)), float(baseline_ratio), float(tolerance),
                     float(confidence), int(resamples), int(seed), int(r.size))
 

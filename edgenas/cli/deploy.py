@@ -134,7 +134,13 @@ def baseline(family: str, data_name: str, data_root: str | None, val_limit: int 
 @click.option("--out-dir", type=click.Path(file_okay=False), default="export", show_default=True)
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17-20).")
 @click.option("--int8/--no-int8", default=True, show_default=True,
-              help="Also write model.int8.onnx (static QDQ, calibrated on training images).")
+              help="Also write model.int8.onnx (static QDQ, calibrated on training images) if it keeps its "
+                   "accuracy (--int8-tolerance).")
+@click.option("--int8-tolerance", type=float, default=1.0, show_default=True,
+              help="Largest top-1 accuracy drop of int8 below fp32 ONNX, in points on the test images, that still "
+                   "ships model.int8.onnx; above it the file is left out (exit 0) and the manifest says why.")
+@click.option("--require-int8", is_flag=True,
+              help="Fail (exit 1, nothing written) instead of leaving out an int8 model over the tolerance.")
 @click.option("--simplify", is_flag=True, help="Simplify the graph with onnxsim (pip install onnxsim).")
 @click.option("--calib-images", type=int, default=512, show_default=True, help="Training images for int8 calibration.")
 @click.option("--parity-images", type=int, default=None, help="Test images for parity/accuracy [default: all].")
@@ -143,16 +149,22 @@ def baseline(family: str, data_name: str, data_root: str | None, val_limit: int 
 @click.option("--no-measure", is_flag=True, help="Skip the latency measurement.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle of the same name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export_cmd(subnet_ckpt: str, name: str, out_dir: str, opset: int, int8: bool, simplify: bool, calib_images: int,
-               parity_images: int | None, profile_name: str, no_measure: bool, force: bool, as_json: bool) -> None:
-    """A subnet checkpoint as a checked ONNX bundle: model.onnx, model.int8.onnx, manifest.json."""
+def export_cmd(subnet_ckpt: str, name: str, out_dir: str, opset: int, int8: bool, int8_tolerance: float,
+               require_int8: bool, simplify: bool, calib_images: int, parity_images: int | None, profile_name: str,
+               no_measure: bool, force: bool, as_json: bool) -> None:
+    """A subnet checkpoint as a checked ONNX bundle: model.onnx, model.int8.onnx, manifest.json.
+
+    int8 is a quality gate: an int8 model losing more than --int8-tolerance points of test accuracy is
+    left out of the bundle (the manifest and the summary say why) and the export still succeeds with
+    the fp32 model, unless --require-int8 (then exit 1).
+    """
     from edgenas.export import ExportConfig
     from edgenas.pipeline import ExportJob
     from edgenas.pipeline import export as export_stage
 
     config = ExportConfig(name=name, out_dir=out_dir, opset=opset, int8=int8, simplify=simplify,
                           calib_images=calib_images, parity_images=parity_images, profile=profile_name,
-                          measure=not no_measure)
+                          measure=not no_measure, int8_tolerance=int8_tolerance, require_int8=require_int8)
     result = export_stage(ExportJob(subnet=subnet_ckpt, config=config, overwrite=force), _console())
     m = result.manifest
     if as_json:
@@ -172,6 +184,9 @@ def export_cmd(subnet_ckpt: str, name: str, out_dir: str, opset: int, int8: bool
         line += (f", int8 {i8['accuracy']:.2%} ({i8['count']}; drop {acc['int8_drop_points']:.2f} points, "
                  f"agreement with fp32 {i8['top1_agreement_with_fp32']:.2%})")
     click.echo(line)
+    gate = m.get("int8")
+    if gate is not None and gate["status"] != "shipped":
+        click.echo(f"{gate['reason']} (--int8-tolerance); the bundle ships fp32 only")
     if m["latency"] is not None:
         lat = m["latency"]
         parts = [f"{f} median {s['median_ms']:.4f} ms (p10 {s['p10_ms']:.4f}, p90 {s['p90_ms']:.4f})"
@@ -188,44 +203,77 @@ def export_cmd(subnet_ckpt: str, name: str, out_dir: str, opset: int, int8: bool
 @click.option("--tolerance", default="10%", show_default=True,
               help="Relative latency change to tolerate: 10% or 0.1 (between 0 and 1).")
 @click.option("--trials", type=int, default=None,
-              help="Interleaved trials of 10 runs per model [default: the profile's trials x repeats / 10]; "
-                   "more trials narrow the CI.")
+              help="Interleaved trials of 10 runs per model in the first round [default: the profile's trials x "
+                   "repeats / 10].")
+@click.option("--max-trials", type=int, default=None,
+              help="While the verdict is inconclusive, measure more rounds up to this many trials in all "
+                   "[default: 8x the first round]; equal to --trials for a fixed protocol.")
+@click.option("--max-seconds", type=float, default=60.0, show_default=True,
+              help="Start no further round after this many seconds of measuring.")
+@click.option("--reference", type=click.Choice(["twin", "mbconv"]), default="twin", show_default=True,
+              help="With --update: the reference workload to record; twin = the bundle's own graph with seeded "
+                   "weights, mbconv = the fixed ref-mbconv/1 network sized to the bundle.")
 @click.option("--update", is_flag=True, help="(Re)write the baseline into the bundle's manifest instead of checking.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (with --update: the baseline) as JSON.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the result as JUnit XML (testcases latency, flops, params) to this file.")
 @click.pass_context
-def check(ctx: click.Context, bundle: str, profile_name: str, tolerance: str, trials: int | None, update: bool,
-          as_json: bool, junit_path: str | None) -> None:
+def check(ctx: click.Context, bundle: str, profile_name: str, tolerance: str, trials: int | None,
+          max_trials: int | None, max_seconds: float, reference: str, update: bool, as_json: bool,
+          junit_path: str | None) -> None:
     """Fail CI when an exported bundle got slower, or its FLOPs or params changed.
 
-    Times BUNDLE's model and a fixed reference workload interleaved in the same run, so a runner's
-    drift hits both and cancels, and compares their latency ratio with the baseline stored in the
-    bundle's manifest (record it once with --update, on a quiet machine).
+    Times BUNDLE's model and a reference workload interleaved in the same run, so a runner's drift
+    hits both and cancels, and compares their latency ratio with the baseline stored in the
+    bundle's manifest (record it once with --update). The reference is the bundle's own graph as it
+    was at --update, with seeded weights (ref-twin/1), so load moves both alike.
 
     \b
-    Rule: T interleaved trials of 10 runs each (default T: the profile's
-    trials x repeats / 10), per-trial ratio r_t = bundle median / reference median;
-    d = median(r) / baseline ratio; 95% bootstrap CI of d (2000 seeded resamples
-    of both these trials and the baseline's stored ones);
+    Rule: rounds of interleaved trials of 10 runs each (first round T: the
+    profile's trials x repeats / 10; while INCONCLUSIVE, rounds doubling the
+    trials up to --max-trials, none started after --max-seconds);
+    per-trial ratio r_t = bundle median / reference median; d = median(r) /
+    baseline ratio; 95% bootstrap CI of d (2000 seeded resamples of both these
+    trials and the baseline's stored ones);
     REGRESSION iff CI low > 1 + tolerance (confidently slower than the tolerance),
-    IMPROVED iff CI high < 1 - tolerance (passes), else PASS.
+    PASS iff CI high <= 1 + tolerance (IMPROVED iff CI high < 1 - tolerance),
+    else INCONCLUSIVE (the CI straddles 1 + tolerance: neither pass nor regression).
     FLOPs (MACs) and params must equal the baseline exactly; changed file
-    checksums are only reported.
+    checksums are only reported. JUnit: a failure per regression, an error
+    (LatencyInconclusive) on the latency testcase when inconclusive.
 
-    Exit codes: 0 pass, 1 regression, 2 usage or input error.
+    \b
+    Exit codes: 0 pass, 1 regression, 2 usage or input error (or a crash of the
+    check itself: never 1), 3 inconclusive.
     """
-    from edgenas.check import CheckConfig, format_baseline, parse_tolerance
+    from edgenas.check import EXIT_ERROR, CheckConfig, format_baseline, parse_tolerance
+    from edgenas.errors import ConfigError, EdgenasError
     from edgenas.pipeline import CheckJob
     from edgenas.pipeline import check as check_stage
 
-    job = CheckJob(bundle=bundle, profile=profile_name, update=update, junit=junit_path,
-                   config=CheckConfig(tolerance=parse_tolerance(tolerance), trials=trials))
-    outcome = check_stage(job, _console())
-    if outcome.baseline is not None:
-        click.echo(json.dumps(outcome.baseline.to_json(), indent=2) if as_json
-                   else format_baseline(outcome.baseline, Path(bundle) / "manifest.json"))
-        return
-    report = outcome.report
-    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.render(use_rich=sys.stdout.isatty()))
-    ctx.exit(report.exit_code)
+    if reference != "twin" and not update:
+        raise ConfigError("--reference chooses the workload --update records; a check uses the baseline's")
+    try:
+        job = CheckJob(bundle=bundle, profile=profile_name, update=update, junit=junit_path,
+                       config=CheckConfig(tolerance=parse_tolerance(tolerance), trials=trials, max_trials=max_trials,
+                                          max_seconds=max_seconds, reference=reference))  # type: ignore[arg-type]
+        outcome = check_stage(job, _console())
+        if outcome.baseline is not None:
+            text, code = (json.dumps(outcome.baseline.to_json(), indent=2) if as_json
+                          else format_baseline(outcome.baseline, Path(bundle) / "manifest.json")), 0
+        else:
+            report = outcome.report
+            text = json.dumps(report.to_json(), indent=2) if as_json else report.render(use_rich=sys.stdout.isatty())
+            code = report.exit_code
+    except (EdgenasError, click.ClickException, click.exceptions.Exit, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a bug in the check must not read as exit 1, "the bundle regressed"
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        click.echo(f"error: edgenas check crashed (a bug in edgenas, not a regression of the bundle): "
+                   f"{type(exc).__name__}: {first}", err=True)
+        ctx.exit(EXIT_ERROR)
+    click.echo(text)
+    ctx.exit(code)

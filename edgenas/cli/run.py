@@ -41,6 +41,8 @@ from edgenas.cli._app import (
 @click.option("--shift/--no-shift", default=True, show_default=True)
 @click.option("--finetune-epochs", type=int, default=2, show_default=True)
 @click.option("--int8/--no-int8", default=True, show_default=True)
+@click.option("--int8-tolerance", type=float, default=1.0, show_default=True,
+              help="Largest top-1 accuracy drop (points) of the int8 model below fp32 that still ships it.")
 @click.option("--name", default=None, help="Bundle name [default: the run directory's name].")
 @click.option("--export-dir", type=click.Path(file_okay=False), default=None,
               help="Where the bundle folder goes [default: OUT/export].")
@@ -54,7 +56,7 @@ def run_cmd(profile_name: str, data_name: str, data_root: str | None, latency_ms
             latency_quantile: float | None, mflops: float | None, params_m: float | None, space_name: str,
             width_mult: float, epochs: int, weights: str, recipe: str, train_limit: int | None, population: int,
             generations: int, topk: int, mutations: int, crossovers: int, val_limit: int, shift: bool,
-            finetune_epochs: int, int8: bool,
+            finetune_epochs: int, int8: bool, int8_tolerance: float,
             name: str | None, export_dir: str | None, tables_dir: str, seed: int, threads: int, device: str,
             out_dir: str, resume: bool) -> None:
     """The whole pipeline in one run directory: train, latency table, search, extract, fine-tune, export, check.
@@ -71,7 +73,8 @@ def run_cmd(profile_name: str, data_name: str, data_root: str | None, latency_ms
                  width_mult=width_mult, epochs=epochs, weights=weights, recipe=recipe,  # type: ignore[arg-type]
                  train_limit=train_limit, population=population, generations=generations, topk=topk,
                  mutations=mutations, crossovers=crossovers, val_limit=val_limit, shift=shift,
-                 finetune_epochs=finetune_epochs, int8=int8, name=name, export_dir=export_dir, tables_dir=tables_dir,
+                 finetune_epochs=finetune_epochs, int8=int8, int8_tolerance=int8_tolerance, name=name,
+                 export_dir=export_dir, tables_dir=tables_dir,
                  seed=seed, threads=threads, device=device, out=out_dir, resume=resume)
     outcome = run_pipeline(job, _console(epochs=epochs, generations=generations))
     click.echo("")

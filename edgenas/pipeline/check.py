@@ -31,6 +31,7 @@ class CheckOutcome:
 
     @property
     def exit_code(self) -> int:
+        """0 pass (or a baseline written), 1 regression, 3 inconclusive; input errors raise instead (exit 2)."""
         return 0 if self.report is None else int(self.report.exit_code)
 
 

@@ -47,6 +47,7 @@ class RunJob:
     shift: bool = True
     finetune_epochs: int = 2
     int8: bool = True
+    int8_tolerance: float = 1.0
     name: str | None = None
     export_dir: str | None = None
     tables_dir: str = "latency_tables"
@@ -61,7 +62,8 @@ class RunJob:
         keys = ("profile", "data", "latency_ms", "latency_quantile", "mflops", "params_m", "space", "width_mult",
                 "epochs", "weights", "recipe", "train_limit", "population", "generations", "topk", "mutations",
                 "crossovers", "val_limit", "shift", "finetune_epochs", "int8", "seed")
-        return {k: getattr(self, k) for k in keys}
+        extra = {"int8_tolerance": self.int8_tolerance} if self.int8_tolerance != 1.0 else {}  # older runs resume
+        return {**{k: getattr(self, k) for k in keys}, **extra}
 
 
 @dataclass
@@ -157,7 +159,8 @@ def run(job: RunJob, progress: Progress | None = None) -> RunOutcome:
     if (t := stage("export")) is not None:
         export(ExportJob(subnet=str(paths["finetune"] / "subnet.pt"),
                          config=ExportConfig(name=bundle_name, out_dir=paths["export"], int8=job.int8,
-                                             profile=job.profile), overwrite=True), report)
+                                             int8_tolerance=job.int8_tolerance, profile=job.profile),
+                         overwrite=True), report)
         log.finish("export", t, bundle=str(bundle), manifest=str(bundle / "manifest.json"))
     verdict = (log.stages.get("check") or {}).get("verdict")
     if (t := stage("check")) is not None:
