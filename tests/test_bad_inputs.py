@@ -172,6 +172,12 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
      lambda m, w: (w / "f").write_text("x") and
      ["check", str(m / "export/b"), "--profile", "cpu-ort", "--junit", str(w / "f" / "j.xml")],
      "cannot write"),
+    ("check: a baseline with ratio_median -1",
+     lambda m, w: ["check", str(_bundle_with_baseline(w, ratio_median=-1.0)), "--profile", "cpu-ort"],
+     "ratio_median"),
+    ("check: a baseline with non-positive ratios",
+     lambda m, w: ["check", str(_bundle_with_baseline(w, ratios="zero")), "--profile", "cpu-ort"],
+     "ratios"),
     # data
     ("data show: an image folder whose images do not decode",
      lambda m, w: _broken_imagefolder(w) and ["data", "show", f"imagefolder:{w / 'imgs'}"],
@@ -220,6 +226,23 @@ ROWS: list[tuple[str, Callable[[Path, Path], list[str]], str]] = [
     ("search: unknown profile",
      lambda m, w: ["search", "--supernet", str(m / "supernet/supernet.pt"), "--profile", "nope"], "nope"),
 ]
+
+
+REFERENCE_BUNDLE = Path(__file__).resolve().parent.parent / "export" / "fashion-mnist-cpu-ort"
+
+
+def _bundle_with_baseline(work: Path, **change) -> Path:
+    """A copy of the committed reference bundle whose baseline has been edited by hand."""
+    bundle = work / "bundle"
+    shutil.copytree(REFERENCE_BUNDLE, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    baseline = manifest["baseline"]
+    if change.get("ratios") == "zero":
+        baseline["ratios"] = [0.0, -1.0, *baseline["ratios"][2:]]
+    else:
+        baseline.update(change)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
 
 
 def _broken_imagefolder(work: Path) -> bool:
