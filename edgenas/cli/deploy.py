@@ -246,34 +246,24 @@ def check(ctx: click.Context, bundle: str, profile_name: str, tolerance: str, tr
     Exit codes: 0 pass, 1 regression, 2 usage or input error (or a crash of the
     check itself: never 1), 3 inconclusive.
     """
-    from edgenas.check import EXIT_ERROR, CheckConfig, format_baseline, parse_tolerance
-    from edgenas.errors import ConfigError, EdgenasError
+    from edgenas.check import CheckConfig, format_baseline, parse_tolerance
+    from edgenas.errors import ConfigError
     from edgenas.pipeline import CheckJob
     from edgenas.pipeline import check as check_stage
 
     if reference != "twin" and not update:
         raise ConfigError("--reference chooses the workload --update records; a check uses the baseline's")
-    try:
-        job = CheckJob(bundle=bundle, profile=profile_name, update=update, junit=junit_path,
-                       config=CheckConfig(tolerance=parse_tolerance(tolerance), trials=trials, max_trials=max_trials,
-                                          max_seconds=max_seconds, reference=reference))  # type: ignore[arg-type]
-        outcome = check_stage(job, _console())
-        if outcome.baseline is not None:
-            text, code = (json.dumps(outcome.baseline.to_json(), indent=2) if as_json
-                          else format_baseline(outcome.baseline, Path(bundle) / "manifest.json")), 0
-        else:
-            report = outcome.report
-            text = json.dumps(report.to_json(), indent=2) if as_json else report.render(use_rich=sys.stdout.isatty())
-            code = report.exit_code
-    except (EdgenasError, click.ClickException, click.exceptions.Exit, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # a bug in the check must not read as exit 1, "the bundle regressed"
-        import traceback
-
-        traceback.print_exc(file=sys.stderr)
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        click.echo(f"error: edgenas check crashed (a bug in edgenas, not a regression of the bundle): "
-                   f"{type(exc).__name__}: {first}", err=True)
-        ctx.exit(EXIT_ERROR)
+    # a crash of the check is one error line with exit 2 (the group's handler), never 1, "the bundle regressed"
+    job = CheckJob(bundle=bundle, profile=profile_name, update=update, junit=junit_path,
+                   config=CheckConfig(tolerance=parse_tolerance(tolerance), trials=trials, max_trials=max_trials,
+                                      max_seconds=max_seconds, reference=reference))  # type: ignore[arg-type]
+    outcome = check_stage(job, _console())
+    if outcome.baseline is not None:
+        text, code = (json.dumps(outcome.baseline.to_json(), indent=2) if as_json
+                      else format_baseline(outcome.baseline, Path(bundle) / "manifest.json")), 0
+    else:
+        report = outcome.report
+        text = json.dumps(report.to_json(), indent=2) if as_json else report.render(use_rich=sys.stdout.isatty())
+        code = report.exit_code
     click.echo(text)
     ctx.exit(code)
