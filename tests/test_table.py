@@ -102,8 +102,11 @@ def test_calibration_edge_cases():
     assert (one.scale, one.offset_ms, one.n) == (1.0, pytest.approx(0.5), 1)
     same = fit_calibration([2.0, 2.0, 2.0], [2.4, 2.5, 2.6])
     assert same.scale == 1.0 and same.offset_ms == pytest.approx(0.5, abs=0.02)
-    with pytest.raises(ValueError, match="non-positive scale"):
-        fit_calibration([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
+    # a slope that comes out negative (noise larger than the raw sums' span): the median ratio, no offset
+    flat = fit_calibration([1.0, 1.1, 1.2], [1.3, 1.2, 1.1])
+    assert flat.scale == pytest.approx(1.2 / 1.1) and flat.offset_ms == 0.0 and flat.method.startswith("ratio")
+    with pytest.raises(ValueError, match="not all positive"):
+        fit_calibration([-1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
     with pytest.raises(ValueError, match="positive measured"):
         fit_calibration([1.0, 2.0], [1.0, 0.0])
 

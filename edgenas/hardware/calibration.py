@@ -94,7 +94,9 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
     line refitted, up to five rounds and never below half the points. On a shared machine one
     subnet timed while another job ran is common; trimming keeps it from tilting the line, while a
     clean data set is fitted exactly as plain least squares would. With one point only the offset
-    is fitted (scale 1).
+    is fitted (scale 1). When the line's slope comes out non-positive (raw sums that span less than
+    the timing noise: tiny networks or a busy host), the calibration is the median ratio
+    measured/raw with no offset, and its ``method`` says why.
     """
     raw = np.asarray(raw_ms, dtype=np.float64)
     meas = np.asarray(measured_ms, dtype=np.float64)
@@ -120,8 +122,16 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float],
             keep = new_keep
             scale, offset = _weighted_line(raw[keep], meas[keep])
     if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"calibration fit gave a non-positive scale ({scale:.4g}): the raw sums do not "
-                         "track the measured latencies; the measurements are too noisy to use")
+        # The raw sums span too little against the timing noise to fit a slope (tiny networks, a busy
+        # host): keep only the ratio, which needs no slope, rather than fail or invert the ranking.
+        if np.any(raw <= 0):
+            raise ValueError(f"calibration fit gave a non-positive scale ({scale:.4g}) and the raw sums are not "
+                             "all positive: the measurements are too noisy to use")
+        ratio = float(np.median(meas / raw))
+        return Calibration(scale=ratio, offset_ms=0.0, n=int(raw.size), archs=list(archs), raw_ms=raw.tolist(),
+                           measured_ms=meas.tolist(), outliers=[],
+                           method=f"ratio (median measured/raw): the fitted line's slope was {scale:.3g}, so the "
+                                  "raw sums span too little against the timing noise to fit one")
     return Calibration(scale=scale, offset_ms=offset, n=int(raw.size), archs=list(archs),
                        raw_ms=raw.tolist(), measured_ms=meas.tolist(),
                        outliers=[int(i) for i in np.flatnonzero(~keep)],

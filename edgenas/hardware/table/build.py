@@ -215,7 +215,8 @@ def _finish(table: LatencyTable, space: SearchSpace, calib: list[Arch], calib_st
             raise EdgenasError(f"latency table calibration failed: {exc}") from None
         cal = table.calibration
         say(f"calibration on {cal.n} subnets: measured = {cal.scale:.4f} x raw {cal.offset_ms:+.4f} ms"
-            + (f" ({len(cal.outliers)} outliers left out)" if cal.outliers else ""))
+            + (f" ({len(cal.outliers)} outliers left out)" if cal.outliers else "")
+            + (f"; {cal.method}" if cal.method.startswith("ratio") else ""))
     table.query_us = time_predict(table, space)
     table.build_seconds = time.perf_counter() - start
     say(f"built in {table.build_seconds:.1f} s; one prediction takes {table.query_us:.2f} us")
