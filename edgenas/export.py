@@ -115,6 +115,10 @@ class ExportConfig:
     asks for int8 *if it holds*: leaving it out is a result, not an error. ``require_int8`` demands it:
     a left-out int8 then fails the export (:class:`Int8GateError`, nothing written), for pipelines
     that must deploy int8.
+
+    ``formats`` names extra deployment formats (:data:`edgenas.bundle_formats.FORMATS`, e.g. ``openvino``)
+    converted from the same network, parity-checked against ONNX Runtime on the evaluation images and
+    added to the bundle.
     """
 
     name: str
@@ -128,6 +132,7 @@ class ExportConfig:
     measure: bool = True
     int8_tolerance: float = INT8_TOLERANCE
     require_int8: bool = False
+    formats: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -147,6 +152,15 @@ class ExportConfig:
             raise ConfigError(f"int8_tolerance must be a number of accuracy points between 0 and 100, not {tol!r}")
         if self.require_int8 and not self.int8:
             raise ConfigError("require_int8 needs int8 (--require-int8 with --no-int8 asks for both and neither)")
+        if isinstance(self.formats, str) or not isinstance(self.formats, (tuple, list)):
+            raise ConfigError(f"formats must be a list of format names, not {self.formats!r}")
+        from edgenas.bundle_formats import FORMATS
+
+        for name in self.formats:
+            FORMATS.get(name)  # one line naming the known formats
+        if len(set(self.formats)) != len(self.formats):
+            raise ConfigError(f"formats name one format twice: {list(self.formats)}")
+        object.__setattr__(self, "formats", tuple(self.formats))
 
 
 class Int8GateError(EdgenasError):
@@ -272,6 +286,39 @@ class _ImageCalibration:
         self._it = self._batches()
 
 
+_FORMAT_IMAGE_BYTES = 1 << 30  # evaluation images held in memory for the extra formats' parity checks
+
+
+def _convert_formats(config: ExportConfig, subnet: nn.Module, *, files_fp32: bytes, test: Any, preds: _Predictions,
+                     profile: Profile | None, input_shape: tuple[int, int, int, int],
+                     progress: Callable[[str], None]) -> dict[str, Any]:
+    """Each requested extra format converted and checked on the evaluation images (at most 1 GiB of them)."""
+    if not config.formats:
+        return {}
+    from edgenas.bundle_formats import FORMATS, FormatContext
+    from edgenas.data import iterate_batches
+
+    per_image = int(np.prod(input_shape[1:])) * 4
+    limit = max(1, _FORMAT_IMAGE_BYTES // per_image)
+    images: list[np.ndarray] = []
+    held = 0
+    for x, _y in iterate_batches(test, EVAL_BATCH, shuffle=False):
+        take = min(len(x), limit - held)
+        images.append(x[:take].numpy().astype(np.float32))
+        held += take
+        if held >= limit:
+            break
+    context = FormatContext(subnet=subnet, onnx_model=files_fp32, images=np.concatenate(images),
+                            labels=np.concatenate(preds.labels)[:held],
+                            onnx_pred=np.concatenate(preds.onnx_pred)[:held],
+                            input_shape=input_shape, profile=profile, progress=progress)
+    results = {}
+    for name in config.formats:
+        progress(f"converting to {name} and checking it against ONNX Runtime on {held} test images")
+        results[name] = FORMATS.get(name)(context)
+    return results
+
+
 def _int8_gate(preds: _Predictions, tolerance: float, calibration: dict[str, Any]) -> dict[str, Any]:
     """The manifest's ``int8`` entry: shipped, or left out because the top-1 accuracy drop below fp32 ONNX
     on the evaluation images exceeds ``tolerance`` points (counted from correct images, so a drop of
@@ -357,7 +404,7 @@ def export_bundle(subnet_ckpt: str | Path, config: ExportConfig, *, overwrite: b
     from edgenas.data import DataConfig, load_dataset
     from edgenas.extract import load_subnet
     from edgenas.hardware.flops import FLOPS_CONVENTION, count_flops
-    from edgenas.hardware.measure import OrtMeasurer, runtime_versions
+    from edgenas.hardware.measure import onnx_measurer, runtime_versions
 
     progress = on_progress or (lambda _stage: None)
     target = Path(config.out_dir) / config.name
@@ -445,6 +492,9 @@ def export_bundle(subnet_ckpt: str | Path, config: ExportConfig, *, overwrite: b
                 raise Int8GateError(f"{gate['reason']} and int8 was required (--require-int8, require_int8=True); "
                                     "nothing written")
 
+    formats = _convert_formats(config, subnet, files_fp32=fp32, test=test, preds=preds, profile=profile,
+                               input_shape=input_shape, progress=progress)
+
     progress("counting FLOPs and parameters")
     flops = count_flops(subnet, input_shape)
     cost = {"flops": flops.flops, "mflops": flops.mflops, "params": sum(p.numel() for p in subnet.parameters()),
@@ -452,14 +502,20 @@ def export_bundle(subnet_ckpt: str | Path, config: ExportConfig, *, overwrite: b
             **onnx_cost(fp32, input_shape, by_op=True)}
 
     files = {MODEL_FILE: fp32, **({INT8_FILE: int8} if int8 is not None else {})}
+    for name, result in formats.items():
+        clash = sorted(set(result.files) & (set(files) | {MANIFEST_FILE}))
+        if clash:
+            raise EdgenasError(f"bundle format {name} writes {', '.join(clash)}, which the bundle already has")
+        files.update(result.files)
     latency: dict[str, Any] | None = None
     profile_info: dict[str, Any] | None = None
     if profile is not None:
         m = profile.measure
         progress(f"measuring latency on {profile.name} ({m.trials} trials x {m.repeats} runs, interleaved)")
-        stats = OrtMeasurer(profile).measure_onnx_many(list(files.values()))
+        onnx_files = {name: files[name] for name in (MODEL_FILE, INT8_FILE) if name in files}
+        stats = onnx_measurer(profile).measure_onnx_many(list(onnx_files.values()))
         latency = {name: {k: v for k, v in s.to_json().items() if k != "samples_ms"}
-                   for name, s in zip(files, stats)}
+                   for name, s in zip(onnx_files, stats)}
         latency["int8_speedup"] = (stats[0].median_ms / stats[1].median_ms) if len(stats) > 1 else None
         profile_info = {"name": profile.name, "latency_hash": profile.latency_hash(), "batch_size": profile.batch_size,
                         "threads": profile.threads, "measure": dataclasses.asdict(m)}
@@ -486,6 +542,7 @@ def export_bundle(subnet_ckpt: str | Path, config: ExportConfig, *, overwrite: b
         "files": {name: {"sha256": _sha256(blob), "bytes": len(blob)} for name, blob in files.items()},
         "accuracy": accuracy,
         "int8": gate,
+        "formats": {name: result.manifest for name, result in formats.items()},
         "parity": {"max_abs_diff": preds.max_abs_diff, "top1_agreement": agreement, "count": count,
                    "tolerance": PARITY_TOLERANCE, "min_agreement": MIN_AGREEMENT,
                    "batch_sizes": sorted(set(preds.batch_sizes), reverse=True)},

@@ -50,7 +50,7 @@ def test_every_extension_point_is_a_registry_with_its_builtins():
     from edgenas.hardware.measure import RUNTIMES
 
     expected = {SPACES: {"mbv3", "spos"}, DATASETS: {"fashion-mnist", "digits", "npz:PATH"},
-                RUNTIMES: {"onnxruntime", "torch"}, BASELINES: {"lcnet", "mobilenetv3-small"},
+                RUNTIMES: {"onnxruntime", "torch", "openvino", "remote"}, BASELINES: {"lcnet", "mobilenetv3-small"},
                 STRATEGIES: {"evolution", "random"}, SCORERS: {"supernet", "params"}}
     for registry, names in expected.items():
         assert isinstance(registry, Registry) and names <= set(registry.names()), registry
@@ -199,7 +199,7 @@ def test_a_registered_runtime_loads_in_a_profile_and_times_models(torchscript_ru
     stats = measurer.measure_many(models, [None, None])
     assert all(s.n == 6 and 0 < s.median_ms < 1000 for s in stats)
     path.write_text(path.read_text().replace("torchscript", "tflite"))
-    with pytest.raises(ConfigError, match="'runtime' must be one of onnxruntime, torch, torchscript, not 'tflite'"):
+    with pytest.raises(ConfigError, match="'runtime' must be one of onnxruntime, torch, openvino, remote, torchscript, not 'tflite'"):
         load_profile(path)
 
 

@@ -192,10 +192,11 @@ Timer = Callable[[Profile, Sequence[bytes], tuple[int, int, int]], list[list[flo
 
 
 def ort_timer(target: Profile, models: Sequence[bytes], shape: tuple[int, int, int]) -> list[list[float]]:
-    """The one latency protocol (:class:`edgenas.hardware.measure.OrtMeasurer`), models interleaved per trial."""
-    from edgenas.hardware.measure import OrtMeasurer
+    """The one latency protocol, in the profile's runtime (:func:`edgenas.hardware.measure.onnx_measurer`),
+    models interleaved per trial."""
+    from edgenas.hardware.measure import onnx_measurer
 
-    stats = OrtMeasurer(target).measure_onnx_many(list(models), [shape] * len(models))
+    stats = onnx_measurer(target).measure_onnx_many(list(models), [shape] * len(models))
     return [list(st.trial_medians_ms) for st in stats]
 
 

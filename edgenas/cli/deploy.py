@@ -141,6 +141,9 @@ def baseline(family: str, data_name: str, data_root: str | None, val_limit: int 
                    "ships model.int8.onnx; above it the file is left out (exit 0) and the manifest says why.")
 @click.option("--require-int8", is_flag=True,
               help="Fail (exit 1, nothing written) instead of leaving out an int8 model over the tolerance.")
+@click.option("--format", "formats", multiple=True, metavar="NAME",
+              help="Also ship this deployment format (repeatable; e.g. openvino), converted from the same network "
+                   "and parity-checked against ONNX Runtime on the test images.")
 @click.option("--simplify", is_flag=True, help="Simplify the graph with onnxsim (pip install onnxsim).")
 @click.option("--calib-images", type=int, default=512, show_default=True, help="Training images for int8 calibration.")
 @click.option("--parity-images", type=int, default=None, help="Test images for parity/accuracy [default: all].")
@@ -150,7 +153,8 @@ def baseline(family: str, data_name: str, data_root: str | None, val_limit: int 
 @click.option("--force", is_flag=True, help="Replace an existing bundle of the same name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export_cmd(subnet_ckpt: str, name: str, out_dir: str, opset: int, int8: bool, int8_tolerance: float,
-               require_int8: bool, simplify: bool, calib_images: int, parity_images: int | None, profile_name: str,
+               require_int8: bool, formats: tuple[str, ...], simplify: bool, calib_images: int,
+               parity_images: int | None, profile_name: str,
                no_measure: bool, force: bool, as_json: bool) -> None:
     """A subnet checkpoint as a checked ONNX bundle: model.onnx, model.int8.onnx, manifest.json.
 
@@ -164,7 +168,8 @@ def export_cmd(subnet_ckpt: str, name: str, out_dir: str, opset: int, int8: bool
 
     config = ExportConfig(name=name, out_dir=out_dir, opset=opset, int8=int8, simplify=simplify,
                           calib_images=calib_images, parity_images=parity_images, profile=profile_name,
-                          measure=not no_measure, int8_tolerance=int8_tolerance, require_int8=require_int8)
+                          measure=not no_measure, int8_tolerance=int8_tolerance, require_int8=require_int8,
+                          formats=formats)
     result = export_stage(ExportJob(subnet=subnet_ckpt, config=config, overwrite=force), _console())
     m = result.manifest
     if as_json:
@@ -193,6 +198,8 @@ def export_cmd(subnet_ckpt: str, name: str, out_dir: str, opset: int, int8: bool
                  for f, s in lat.items() if f != "int8_speedup"]
         speedup = f"; int8 speed-up {lat['int8_speedup']:.2f}x" if lat.get("int8_speedup") else ""
         click.echo(f"latency on {m['profile']['name']}: {'; '.join(parts)}{speedup}")
+    for name, record in (m.get("formats") or {}).items():
+        click.echo(f"{name}: {record.get('summary', ', '.join(record.get('files', [])))}")
 
 
 # ----- check ------------------------------------------------------------------------------------------------

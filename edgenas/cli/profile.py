@@ -146,12 +146,10 @@ def profile_validate(table_path: str, count: int, seed: int, plot: str | None, a
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON (raw samples left out).")
 def profile_measure(model: str, profile_name: str, input_shape: str | None, as_json: bool) -> None:
     """Time any ONNX model on a profile's target with the profile's protocol."""
-    from edgenas.hardware.measure import OrtMeasurer
+    from edgenas.hardware.measure import onnx_measurer
     from edgenas.hardware.profile import load_profile
 
     p = load_profile(profile_name)
-    if p.runtime != "onnxruntime":
-        raise ConfigError(f"profile '{p.name}' runs {p.runtime}; measuring an ONNX file needs an onnxruntime profile")
     shape = None
     if input_shape is not None:
         try:
@@ -160,7 +158,7 @@ def profile_measure(model: str, profile_name: str, input_shape: str | None, as_j
             shape = ()
         if len(shape) not in (3, 4) or any(d < 1 for d in shape):
             raise ConfigError(f"--input-shape must be positive C,H,W or N,C,H,W, not {input_shape!r}")
-    stats = OrtMeasurer(p).measure_onnx(model, shape)
+    stats = onnx_measurer(p).measure_onnx_many([model], [shape])[0]
     if as_json:
         data = {k: v for k, v in stats.to_json().items() if k != "samples_ms"}
         click.echo(json.dumps({"model": model, "profile": p.name, **data}, indent=2))

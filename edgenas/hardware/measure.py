@@ -52,6 +52,7 @@ __all__ = [
     "TorchCudaMeasurer",
     "create_measurer",
     "export_onnx_bytes",
+    "onnx_measurer",
     "runtime_versions",
 ]
 
@@ -566,5 +567,32 @@ def runtime_versions() -> dict[str, str]:
             "onnx": onnx.__version__, "numpy": np.__version__}
 
 
+def onnx_measurer(profile: Profile) -> Any:
+    """The measurer of a profile whose runtime times ONNX files (bundles, check references, ``profile
+    measure``): anything with ``measure_onnx_many(models, input_shapes)``. A runtime that only runs
+    PyTorch modules (torch eager) is a one-line :class:`ConfigError` naming the runtimes that can."""
+    measurer = create_measurer(profile)
+    if not callable(getattr(measurer, "measure_onnx_many", None)):
+        able = [n for n in RUNTIMES.names() if n not in _MODULE_ONLY_RUNTIMES]
+        raise ConfigError(f"profile '{profile.name}' runs {profile.runtime}, which times PyTorch modules, not ONNX "
+                          f"files; use a profile whose runtime is one of: {', '.join(able)}")
+    return measurer
+
+
+def _lazy(module: str, attribute: str) -> Callable[[Profile], LatencyMeasurer]:
+    """A factory that imports its runtime's module on first use, so an optional runtime (openvino) costs
+    nothing, and is only an error, when a profile asks for it."""
+    def create(profile: Profile) -> LatencyMeasurer:
+        import importlib
+
+        factory: Callable[[Profile], LatencyMeasurer] = getattr(importlib.import_module(module), attribute)
+        return factory(profile)
+
+    return create
+
+
+_MODULE_ONLY_RUNTIMES = frozenset({"torch"})
 RUNTIMES.register("onnxruntime", _by_device("onnxruntime", {"cpu": OrtMeasurer, "cuda": OrtMeasurer}))
 RUNTIMES.register("torch", _by_device("torch", {"cpu": TorchCpuMeasurer, "cuda": TorchCudaMeasurer}))
+RUNTIMES.register("openvino", _lazy("edgenas.hardware.openvino_runtime", "create_openvino_measurer"))
+RUNTIMES.register("remote", _lazy("edgenas.hardware.remote", "create_remote_measurer"))
