@@ -341,11 +341,14 @@ def _load_profile(spec: str | Path | Profile, input_shape: tuple[int, int, int])
     from edgenas.hardware.profile import Profile, load_profile
 
     profile = spec.with_input_shape(input_shape) if isinstance(spec, Profile) else load_profile(spec, input_shape)
-    if profile.runtime != "onnxruntime" or profile.precision != "fp32":
+    if profile.precision != "fp32":
         raise ConfigError(
             f"profile '{profile.name}' is {profile.runtime}/{profile.precision}; export measures the fp32 and "
-            "int8 files as they are and needs an fp32 onnxruntime profile such as cpu-ort"
+            "int8 files as they are and needs an fp32 profile such as cpu-ort"
         )
+    from edgenas.hardware.measure import onnx_measurer
+
+    onnx_measurer(profile)  # a runtime that cannot time ONNX files (torch eager) fails here, before any work
     return profile
 
 

@@ -139,12 +139,30 @@ def render_report(run_dir: Path, log: StageLog) -> Path:
              "Settings: " + ", ".join(f"{k} `{v}`" for k, v in log.settings.items() if v is not None), "",
              "| result | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in pipeline_summary(run_dir, log)]
+    budgets = _maybe(run_dir / "budgets.json")
+    if budgets:
+        lines += ["", "One bundle per budget (predicted latency and budgets in the latency table's units; measured: "
+                  "the bundle's fp32 model timed on this host):", "",
+                  "| budget | architecture | predicted | supernet score | fine-tuned test | int8 test | measured | "
+                  "check | bundle |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in budgets.get("budgets") or []:
+            int8 = _pct(r.get("int8_test_accuracy")) if r.get("int8_status") == "shipped" else (
+                r.get("int8_status") or "-").replace("_", " ")
+            shared = f" (= {r['shared_with']})" if r.get("shared_with") else ""
+            lines.append(f"| {r['label']} ({r['budget_ms']:.4g} ms) | `{r.get('arch_id') or r['arch']}` | "
+                         f"{_ms(r.get('predicted_ms'))} | {_pct(r.get('score'))} | "
+                         f"{_pct(r.get('finetuned_test_accuracy'))} | {int8} | {_ms(r.get('measured_ms'))} | "
+                         f"{r.get('check') or '-'} | {r.get('bundle') or '-'}{shared} |")
+        if (run_dir / "budgets.png").is_file():
+            lines += ["", "![budgets](budgets.png)"]
     lines += ["", "| stage | status | wall time |", "|---|---|---|"]
     total = 0.0
-    for stage in STAGES:
+    extra = [k for k in log.stages if k not in STAGES]  # per-budget stages (extract@q0.4, ...)
+    for stage in (*STAGES, *extra):
         rec = log.stages.get(stage)
         if rec is None:
-            lines.append(f"| {stage} | not run | - |")
+            if not any(k.startswith(stage + "@") for k in extra):  # a multi-budget run has per-budget ones
+                lines.append(f"| {stage} | not run | - |")
             continue
         total += float(rec.get("seconds", 0.0))
         lines.append(f"| {stage} | {rec.get('status')}{' (' + rec['note'] + ')' if rec.get('note') else ''} "

@@ -507,7 +507,7 @@ def test_update_via_library_then_profile_mismatch_is_an_error(tmp_path, profile,
     assert baseline.trials == 2 and Baseline.from_json(_manifest(bundle)[BASELINE_KEY]) == baseline
     with pytest.raises(ConfigError, match=r"recorded with profile 'cpu-ort' \(latency hash"):
         check_bundle(bundle, dataclasses.replace(profile, threads=2))
-    with pytest.raises(ConfigError, match="needs an onnxruntime profile"):
+    with pytest.raises(ConfigError, match="times PyTorch modules, not ONNX files"):
         check_bundle(bundle, load_profile("cpu-torch"))
 
 

@@ -305,7 +305,7 @@ def test_cli_one_line_errors(subnet_ckpt, tmp_path):
         ([str(tmp_path / "missing.pt")], "not found"),
         ([str(subnet_ckpt), "--opset", "16"], "opset must be between 17"),
         ([str(subnet_ckpt), "--calib-images", "0"], "calib_images"),
-        ([str(subnet_ckpt), "--profile", "cpu-torch"], "fp32 onnxruntime profile"),
+        ([str(subnet_ckpt), "--profile", "cpu-torch"], "times PyTorch modules, not ONNX files"),
     ]
     for extra, message in cases:
         res = runner.invoke(cli, ["export", *extra, "--name", "x", "--out-dir", str(tmp_path / "out")])

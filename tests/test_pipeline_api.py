@@ -199,7 +199,7 @@ def test_a_registered_runtime_loads_in_a_profile_and_times_models(torchscript_ru
     stats = measurer.measure_many(models, [None, None])
     assert all(s.n == 6 and 0 < s.median_ms < 1000 for s in stats)
     path.write_text(path.read_text().replace("torchscript", "tflite"))
-    with pytest.raises(ConfigError, match="'runtime' must be one of onnxruntime, torch, openvino, remote, torchscript, not 'tflite'"):
+    with pytest.raises(ConfigError, match=r"'runtime' must be one of onnxruntime, torch, .*torchscript, not 'tflite'"):
         load_profile(path)
 
 

@@ -444,7 +444,7 @@ def test_cli_measure_onnx(cli_env):
         (["profile", "validate", "{root}/corrupt.json"], "corrupt latency table"),
         (["profile", "show", "{root}/corrupt.json"], "corrupt latency table"),
         (["profile", "measure", "{root}/missing.onnx", "--profile", "cpu-ort"], "ONNX file not found"),
-        (["profile", "measure", "{root}/corrupt.json", "--profile", "{torch}"], "needs an onnxruntime profile"),
+        (["profile", "measure", "{root}/corrupt.json", "--profile", "{torch}"], "not ONNX files"),
         (["profile", "measure", "{root}/corrupt.json", "--profile", "cpu-ort"], "not a valid ONNX model"),
         (["profile", "measure", "{root}/corrupt.json", "--profile", "cpu-ort", "--input-shape", "0,1"],
          "--input-shape must be positive"),

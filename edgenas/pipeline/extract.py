@@ -8,7 +8,7 @@ from typing import Any
 
 from edgenas.errors import ConfigError, EdgenasError
 
-__all__ = ["ExtractJob", "ExtractOutcome", "extract", "extract_pareto", "spread_along_front"]
+__all__ = ["ExtractJob", "ExtractOutcome", "extract", "extract_pareto", "front_points", "spread_along_front"]
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,9 @@ def extract(job: ExtractJob) -> ExtractOutcome:
     return _extract_one(job, selection, selection.arch, supernet, data, out)
 
 
-def spread_along_front(search_doc: dict[str, Any], k: int) -> list[dict[str, Any]]:
-    """``k`` points of the search's accuracy-cost front, evenly spread by rank from the cheapest to
-    the most accurate: ``{arch, score, cost, cost_key}``. The front is NSGA-II's when the search ran
-    it, else the non-dominated subset of what the search evaluated."""
-    import numpy as np
-
-    if k < 1:
-        raise ConfigError(f"--pareto must be >= 1, not {k}")
+def front_points(search_doc: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """(cost key, front points ``{arch, score, cost}``) of a finished search, cheapest first: NSGA-II's
+    front when the search ran it, else the non-dominated subset of what the search evaluated."""
     summary = search_doc.get("front_summary")
     if summary:
         key, front = str(summary["cost"]), [dict(f) for f in summary["front"]]
@@ -73,6 +68,17 @@ def spread_along_front(search_doc: dict[str, Any], k: int) -> list[dict[str, Any
     if not front:
         raise EdgenasError("the search's Pareto front is empty")
     front.sort(key=lambda f: (float(f["cost"]), -float(f["score"])))
+    return key, front
+
+
+def spread_along_front(search_doc: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    """``k`` points of the search's accuracy-cost front (:func:`front_points`), evenly spread by rank
+    from the cheapest to the most accurate: ``{arch, score, cost, cost_key}``."""
+    import numpy as np
+
+    if k < 1:
+        raise ConfigError(f"--pareto must be >= 1, not {k}")
+    key, front = front_points(search_doc)
     picks = sorted({int(np.rint(i)) for i in np.linspace(0, len(front) - 1, min(k, len(front)))})
     return [{"arch": front[i]["arch"], "score": float(front[i]["score"]), "cost": float(front[i]["cost"]),
              "cost_key": key} for i in picks]

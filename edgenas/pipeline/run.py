@@ -9,10 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from edgenas.errors import ConfigError, EdgenasError
+from edgenas.errors import EdgenasError
+from edgenas.pipeline.budgets import (
+    check_budget_options,
+    pick_per_budget,
+    resolve_budgets,
+    summary_rows,
+    write_budget_summary,
+)
 from edgenas.pipeline.progress import Progress, silent
+
+if TYPE_CHECKING:
+    from edgenas.report import StageLog
 
 __all__ = ["RunJob", "RunOutcome", "run"]
 
@@ -48,6 +58,9 @@ class RunJob:
     finetune_epochs: int = 2
     int8: bool = True
     int8_tolerance: float = 1.0
+    budgets: tuple[float, ...] | None = None
+    budget_quantiles: tuple[float, ...] | None = None
+    strategy: str | None = None
     name: str | None = None
     export_dir: str | None = None
     tables_dir: str = "latency_tables"
@@ -62,8 +75,22 @@ class RunJob:
         keys = ("profile", "data", "latency_ms", "latency_quantile", "mflops", "params_m", "space", "width_mult",
                 "epochs", "weights", "recipe", "train_limit", "population", "generations", "topk", "mutations",
                 "crossovers", "val_limit", "shift", "finetune_epochs", "int8", "seed")
-        extra = {"int8_tolerance": self.int8_tolerance} if self.int8_tolerance != 1.0 else {}  # older runs resume
+        extra: dict[str, object] = {"int8_tolerance": self.int8_tolerance} if self.int8_tolerance != 1.0 else {}
+        for key in ("budgets", "budget_quantiles"):  # recorded only when set, so older runs resume
+            if getattr(self, key) is not None:
+                extra[key] = [float(v) for v in getattr(self, key)]
+        if self.strategy is not None:
+            extra["strategy"] = self.strategy
         return {**{k: getattr(self, k) for k in keys}, **extra}
+
+    @property
+    def multi_budget(self) -> bool:
+        return self.budgets is not None or self.budget_quantiles is not None
+
+    def search_strategy(self) -> str:
+        """The strategy asked for; by default NSGA-II for several budgets (one front serves them all),
+        else evolution."""
+        return self.strategy or ("nsga2" if self.multi_budget else "evolution")
 
 
 @dataclass
@@ -74,6 +101,7 @@ class RunOutcome:
     summary: list[tuple[str, str]]
     seconds: float
     verdict: str | None
+    budgets: list[dict[str, object]] | None = None  # one row per budget (``edgenas run --budgets``)
 
 
 def run(job: RunJob, progress: Progress | None = None) -> RunOutcome:
@@ -98,9 +126,14 @@ def run(job: RunJob, progress: Progress | None = None) -> RunOutcome:
     out = Path(job.out)
     prof = load_profile(job.profile)  # fail on a bad profile before any work
     check_latency_options(job.latency_ms, job.latency_quantile)
-    if prof.runtime != "onnxruntime":
-        raise ConfigError(f"edgenas run exports ONNX bundles; profile '{prof.name}' runs {prof.runtime}: "
-                          "choose an onnxruntime profile (edgenas profile list)")
+    check_budget_options(job.budgets, job.budget_quantiles, job.latency_ms, job.latency_quantile)
+    if job.strategy is not None:
+        from edgenas.search.strategies import STRATEGIES
+
+        STRATEGIES.get(job.strategy)
+    from edgenas.hardware.measure import onnx_measurer
+
+    onnx_measurer(prof)  # the bundle's ONNX files are timed in the profile's runtime: refuse torch eager now
     create_space(job.space)  # an unknown space fails here, not after the data is loaded
     log = StageLog.open(out, job.settings(), job.resume)
     bundle_name = job.name or out.resolve().name
@@ -133,43 +166,105 @@ def run(job: RunJob, progress: Progress | None = None) -> RunOutcome:
                                  input_shape=target.input_shape, out=str(table_path), force=True), report)
             note = "built"
         log.finish("table", t, table=str(table_path), note=note)
+    search_budget = job.latency_ms
+    picks_budgets: list[tuple[str, float]] | None = None
+    if job.multi_budget:
+        picks_budgets = _resolved_budgets(job, log, paths)
+        search_budget = picks_budgets[-1][1]  # the loosest: its front holds every tighter budget's model
     if (t := stage("search")) is not None:
         search(SearchJob(profile=job.profile, supernet=str(paths["supernet"] / "supernet.pt"),
-                         tables_dir=job.tables_dir, latency_ms=job.latency_ms, latency_quantile=job.latency_quantile,
+                         tables_dir=job.tables_dir, latency_ms=search_budget,
+                         latency_quantile=None if job.multi_budget else job.latency_quantile,
                          mflops=job.mflops, params_m=job.params_m, data_root=job.data_root, val_limit=job.val_limit,
                          population=job.population, generations=job.generations, topk=job.topk,
                          mutations=job.mutations, crossovers=job.crossovers, seed=job.seed, shift=job.shift,
-                         device=job.device, out=str(paths["search"]),
+                         strategy=job.search_strategy(), device=job.device, out=str(paths["search"]),
                          resume=(paths["search"] / "checkpoint.pt").exists()), report)
         log.finish("search", t, search_json=str(paths["search"] / "search.json"),
                    plot=str(paths["search"] / "candidates.png"))
-    if (t := stage("extract")) is not None:
-        extracted = extract(ExtractJob(run_dir=str(paths["search"]), out=str(paths["subnet"]), device=job.device))
-        report.message(f"extracted {extracted.arch}: inherited test accuracy {extracted.test_accuracy:.2%}")
-        log.finish("extract", t, subnet=str(paths["subnet"]))
-    if (t := stage("finetune")) is not None:
-        tuned = finetune(FinetuneJob(
-            subnet=str(paths["subnet"]), out=str(paths["finetune"]),
-            config=FinetuneConfig(epochs=job.finetune_epochs, train_limit=job.train_limit, seed=job.seed,
-                                  threads=job.threads),
-            data_root=job.data_root, device=job.device, resume=(paths["finetune"] / "last.pt").exists()), report)
-        report.message(f"fine-tuned: test accuracy {tuned.result.test_accuracy:.2%}")
-        log.finish("finetune", t, finetune_json=str(paths["finetune"] / "finetune.json"))
-    bundle = paths["export"] / bundle_name
-    if (t := stage("export")) is not None:
-        export(ExportJob(subnet=str(paths["finetune"] / "subnet.pt"),
-                         config=ExportConfig(name=bundle_name, out_dir=paths["export"], int8=job.int8,
-                                             int8_tolerance=job.int8_tolerance, profile=job.profile),
-                         overwrite=True), report)
-        log.finish("export", t, bundle=str(bundle), manifest=str(bundle / "manifest.json"))
-    verdict = (log.stages.get("check") or {}).get("verdict")
-    if (t := stage("check")) is not None:
-        check(CheckJob(bundle=str(bundle), profile=job.profile, update=True), report)
-        checked = check(CheckJob(bundle=str(bundle), profile=job.profile), report).report
-        report.message(checked.render(use_rich=False))
-        verdict = checked.verdict
-        log.finish("check", t, verdict=checked.verdict, exit_code=checked.exit_code)
+
+    def deliver(arch: str | None, subnet: Path, tuned_dir: Path, bundle_name: str, suffix: str = ""
+                ) -> dict[str, object]:
+        """Stages 4-7 for one architecture (``None``: the search's recommendation)."""
+        export_dir = paths["export"]
+        bundle = export_dir / bundle_name
+        for key, title in STAGES[3:]:
+            titles[key + suffix] = title + (f" ({suffix[1:]})" if suffix else "")
+        if (t := stage("extract" + suffix)) is not None:
+            extracted = extract(ExtractJob(run_dir=str(paths["search"]), arch=arch, out=str(subnet),
+                                           device=job.device))
+            report.message(f"extracted {extracted.arch}: inherited test accuracy {extracted.test_accuracy:.2%}")
+            log.finish("extract" + suffix, t, subnet=str(subnet))
+        if (t := stage("finetune" + suffix)) is not None:
+            tuned = finetune(FinetuneJob(
+                subnet=str(subnet), out=str(tuned_dir),
+                config=FinetuneConfig(epochs=job.finetune_epochs, train_limit=job.train_limit, seed=job.seed,
+                                      threads=job.threads),
+                data_root=job.data_root, device=job.device, resume=(tuned_dir / "last.pt").exists()), report)
+            report.message(f"fine-tuned: test accuracy {tuned.result.test_accuracy:.2%}")
+            log.finish("finetune" + suffix, t, finetune_json=str(tuned_dir / "finetune.json"))
+        if (t := stage("export" + suffix)) is not None:
+            export(ExportJob(subnet=str(tuned_dir / "subnet.pt"),
+                             config=ExportConfig(name=bundle_name, out_dir=export_dir, int8=job.int8,
+                                                 int8_tolerance=job.int8_tolerance, profile=job.profile),
+                             overwrite=True), report)
+            log.finish("export" + suffix, t, bundle=str(bundle), manifest=str(bundle / "manifest.json"))
+        verdict = (log.stages.get("check" + suffix) or {}).get("verdict")
+        if (t := stage("check" + suffix)) is not None:
+            check(CheckJob(bundle=str(bundle), profile=job.profile, update=True), report)
+            checked = check(CheckJob(bundle=str(bundle), profile=job.profile), report).report
+            report.message(checked.render(use_rich=False))
+            verdict = checked.verdict
+            log.finish("check" + suffix, t, verdict=checked.verdict, exit_code=checked.exit_code)
+        return {"bundle": str(bundle), "verdict": verdict, "finetune": _read(tuned_dir / "finetune.json"),
+                "manifest": _read(bundle / "manifest.json")}
+
+    rows: list[dict[str, object]] | None = None
+    if picks_budgets is None:
+        delivered = deliver(None, paths["subnet"], paths["finetune"], bundle_name)
+        bundle, verdict = Path(str(delivered["bundle"])), delivered["verdict"]
+    else:
+        search_doc = _read(paths["search"] / "search.json")
+        picks = pick_per_budget(search_doc, picks_budgets)
+        results: dict[str, dict[str, object]] = {}
+        for pick in picks:
+            if pick.folder != pick.label:
+                report.message(f"budget {pick.label}: the same architecture as budget {pick.folder}; one bundle "
+                               "serves both")
+                continue
+            report.message(f"budget {pick.label} ({pick.budget_ms:.4g} ms): {pick.arch} (supernet score "
+                           f"{pick.score:.2%}, predicted {pick.predicted_ms:.4g} ms)")
+            folder = out / "budgets" / pick.label
+            results[pick.label] = deliver(pick.arch, folder / "subnet.pt", folder / "finetune",
+                                          f"{bundle_name}-{pick.label}", suffix=f"@{pick.label}")
+        rows = summary_rows(picks, results)
+        write_budget_summary(out, rows, search_doc, prof.name)
+        bundle = paths["export"]
+        verdicts = [str(r["check"]) for r in rows]
+        verdict = next((v for v in verdicts if v != "PASS"), "PASS") if verdicts else None
     path = render_report(out, log)
     total = sum(float(r.get("seconds", 0.0)) for r in log.stages.values())
     return RunOutcome(out=out, bundle=bundle, report=path, summary=pipeline_summary(out, log), seconds=total,
-                      verdict=verdict)
+                      verdict=verdict, budgets=rows)
+
+
+def _read(path: Path) -> dict[str, object]:
+    from edgenas.io import read_json
+
+    doc = read_json(path) if path.is_file() else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _resolved_budgets(job: RunJob, log: StageLog, paths: dict[str, Path]) -> list[tuple[str, float]]:
+    """The budgets in the table's milliseconds (quantiles read off the table), checked reachable."""
+    from edgenas.data import DataConfig, load_dataset
+    from edgenas.hardware.profile import load_profile
+    from edgenas.hardware.table import LatencyTable
+    from edgenas.supernet import load_checkpoint
+
+    table_path = Path(str(log.stages["table"]["table"]))
+    supernet, _, _ = load_checkpoint(paths["supernet"] / "supernet.pt")
+    splits = load_dataset(DataConfig(name=job.data, root=job.data_root))
+    target = load_profile(job.profile, input_shape=(splits.in_channels, *splits.input_size))
+    table = LatencyTable.load(table_path, supernet.space, target)
+    return resolve_budgets(table, supernet.space, job.budgets, job.budget_quantiles)
