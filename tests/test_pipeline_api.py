@@ -46,10 +46,11 @@ def test_registry_registers_gets_and_refuses_duplicates_and_unknown_names():
 
 def test_every_extension_point_is_a_registry_with_its_builtins():
     from edgenas.baselines import BASELINES
+    from edgenas.bundle_formats import FORMATS
     from edgenas.data import DATASETS
     from edgenas.hardware.measure import RUNTIMES
 
-    expected = {SPACES: {"mbv3", "spos"}, DATASETS: {"fashion-mnist", "digits", "npz:PATH"},
+    expected = {FORMATS: {"openvino"}, SPACES: {"mbv3", "spos"}, DATASETS: {"fashion-mnist", "digits", "npz:PATH"},
                 RUNTIMES: {"onnxruntime", "torch", "openvino", "remote"}, BASELINES: {"lcnet", "mobilenetv3-small"},
                 STRATEGIES: {"evolution", "random"}, SCORERS: {"supernet", "params"}}
     for registry, names in expected.items():
