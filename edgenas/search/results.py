@@ -31,6 +31,7 @@ __all__ = [
     "plot_candidates",
     "result_to_json",
     "write_candidates_csv",
+    "write_pareto_csv",
     "write_search_json",
 ]
 
@@ -257,6 +258,20 @@ def write_candidates_csv(result: SearchResult, path: str | Path) -> Path:
         values = [c.metrics.get(k) for k in metric_keys]
         writer.writerow([c.generation, c.index, c.origin, c.arch.to_str(), c.arch.arch_id, _csv_num(c.score),
                          *(_csv_num(v) for v in values), int(id(c) in latest_ids), int(id(c) in front_ids)])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def write_pareto_csv(result: SearchResult, path: str | Path) -> Path:
+    """A multi-objective strategy's front (:attr:`SearchResult.front_summary`), one row per architecture,
+    cheapest first as the strategy recorded it: arch, arch_id, score, cost_key, cost."""
+    if not result.front_summary:
+        raise ValueError("this search recorded no front (only multi-objective strategies such as nsga2 do)")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["arch", "arch_id", "score", "cost_key", "cost"])
+    key = result.front_summary["cost"]
+    for f in result.front_summary["front"]:
+        writer.writerow([f["arch"], f["arch_id"], _csv_num(f["score"]), key, _csv_num(f["cost"])])
     return atomic_write_text(path, buf.getvalue())
 
 

@@ -28,11 +28,16 @@ import torch
 from edgenas.config import to_mapping
 from edgenas.data import DataConfig, DatasetSplits
 from edgenas.errors import CheckpointError
-from edgenas.io import atomic_write_text
 from edgenas.proxy import proxy_health
 from edgenas.search.constraints import Budget, budget_sampler, check_feasible
 from edgenas.search.evolution import Constraint, EvolutionConfig, SearchHook, constraint_label
-from edgenas.search.results import SearchResult, plot_candidates, write_candidates_csv, write_search_json
+from edgenas.search.results import (
+    SearchResult,
+    plot_candidates,
+    write_candidates_csv,
+    write_pareto_csv,
+    write_search_json,
+)
 from edgenas.search.scoring import SCORERS, CachedScorer, ScoreConfig
 from edgenas.search.shifting import ShiftConfig, SupernetShifting
 from edgenas.search.strategies import STRATEGIES
@@ -196,11 +201,8 @@ def run_search(
                          "info": extra})
     write_search_json(result, out / SEARCH_NAME)
     write_candidates_csv(result, out / CANDIDATES_NAME)
-    if result.front_summary:  # a multi-objective strategy's front, one row per architecture
-        rows = ["arch,arch_id,score,cost_key,cost"] + [
-            f"{f['arch']},{f['arch_id']},{f['score']!r},{result.front_summary['cost']},{f['cost']!r}"
-            for f in result.front_summary["front"]]
-        atomic_write_text(out / PARETO_NAME, "\n".join(rows) + "\n")
+    if result.front_summary:
+        write_pareto_csv(result, out / PARETO_NAME)
     if result.cost_key() is not None:
         budget = next((c.limit for c in constraints if isinstance(c, Budget) and c.name == result.cost_key()), None)
         plot_candidates(result, out / PLOT_NAME, budget=budget, title=f"{supernet.space.name} on {data.name}")
