@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -67,7 +68,7 @@ def _validate(table_path: Path, space: Any, profile: Any, args: argparse.Namespa
     return {"median_rel_error": v.median_rel_error, "within_10pct": v.within_10pct, "kendall_tau": v.kendall_tau,
             "bias": v.mean_signed_rel_error, "noise_rel": v.noise_rel, "speed": v.speed,
             "raw_median_rel_error": v.raw_median_rel_error, "macs_tau": kendall_tau(macs, v.measured_ms),
-            "seconds": v.seconds_measuring}
+            "retest_tau": v.retest_kendall_tau, "seconds": v.seconds_measuring}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,12 +107,13 @@ def run(args: argparse.Namespace) -> int:
         _say(f"built; run again in {wait / 60:.0f} min (after {dt.datetime.fromtimestamp(built + args.after):%H:%M}) "
              "to validate the same tables later; writing the report of what is done so far")
     else:
-        for load in LOADS:
-            for kind in KINDS:
-                for vload in LOADS:
-                    path = work / f"{load}-{kind}.json"
-                    _step(state, f"validate {load}-built {kind} later, {vload}", state_path,
-                          lambda path=path, vload=vload: _validate(path, space, profile, args, vload == "loaded"))
+        for when in ("later", *([args.again] if args.again else [])):
+            for load in LOADS:
+                for kind in KINDS if when == "later" else args.again_kinds:
+                    for vload in LOADS if when == "later" else args.again_loads:
+                        path = work / f"{load}-{kind}.json"
+                        _step(state, f"validate {load}-built {kind} {when}, {vload}", state_path,
+                              lambda path=path, vload=vload: _validate(path, space, profile, args, vload == "loaded"))
     publish(args.out, "table_drift", "Latency table on a noisy, drifting host", report(state, args, built))
     return 0
 
@@ -130,26 +132,28 @@ def report(state: dict[str, Any], args: argparse.Namespace, built: float) -> str
         "table's prediction against the end-to-end measurement; MACs tau ranks the same subnets by MAC count; "
         "noise: how much re-measuring a validation subnet moves it (median relative spread of its trials); "
         "host speed: the reference's time at validation over its time at build; plain-ms error: the "
-        "referenced table's error against the timings before conversion.",
+        "referenced table's error against the timings before conversion; retest tau: how well one half of "
+        "the validation's trials ranks the subnets against the other half (the scale the taus are read on); "
+        "load average: the host's 1-minute load when the step ended ('quiet' means no neighbour of ours, "
+        "not an idle host: other jobs share it).",
         "",
-        "| table built | kind | validated | when | median error | within ±10% | Kendall tau | MACs tau | bias "
-        "| noise | host speed | plain-ms error |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| table built | kind | validated | when | median error | within ±10% | Kendall tau | MACs tau | retest tau "
+        "| bias | noise | host speed | plain-ms error | load average |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for load in LOADS:
-        for kind in KINDS:
-            for when in ("at once", "later"):
-                for vload in LOADS:
-                    s = steps.get(f"validate {load}-built {kind} {when}, {vload}")
-                    if s is None:
-                        continue
-                    after = (s["at"] - built) / 60
-                    speed = f"{s['speed']:.2f}x" if s.get("speed") else "-"
-                    raw = f"{s['raw_median_rel_error']:.1%}" if s.get("raw_median_rel_error") is not None else "-"
-                    lines.append(
-                        f"| {load} | {kind} | {vload} | {after:.0f} min after | {s['median_rel_error']:.1%} | "
-                        f"{s['within_10pct']:.0%} | {s['kendall_tau']:.3f} | {s['macs_tau']:.3f} | "
-                        f"{s['bias']:+.1%} | {s['noise_rel']:.1%} | {speed} | {raw} |")
+    validations = [(m.groups(), s) for k, s in steps.items()
+                   if (m := re.fullmatch(r"validate (\w+)-built (\w+) (.+), (\w+)", k))]
+    order = {"at once": 0, "later": 1}
+    validations.sort(key=lambda v: (LOADS.index(v[0][0]), KINDS.index(v[0][1]), order.get(v[0][2], 2), v[1]["at"]))
+    for (load, kind, _when, vload), s in validations:
+        after = (s["at"] - built) / 60
+        speed = f"{s['speed']:.2f}x" if s.get("speed") else "-"
+        raw = f"{s['raw_median_rel_error']:.1%}" if s.get("raw_median_rel_error") is not None else "-"
+        retest = f"{s['retest_tau']:.3f}" if s.get("retest_tau") is not None else "-"
+        lines.append(
+            f"| {load} | {kind} | {vload} | {after:.0f} min after | {s['median_rel_error']:.1%} | "
+            f"{s['within_10pct']:.0%} | {s['kendall_tau']:.3f} | {s['macs_tau']:.3f} | {retest} | "
+            f"{s['bias']:+.1%} | {s['noise_rel']:.1%} | {speed} | {raw} | {s['load_average'][0]:.1f} |")
     lines += ["", "Builds: " + "; ".join(
         f"{k.removeprefix('build ')} {s['seconds']:.0f} s"
         + (f" (reference spread {s['reference_noise']:.1%})" if s.get("reference_noise") is not None else "")
@@ -172,6 +176,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duty", type=float, default=0.5, help="the neighbour's busy fraction")
     p.add_argument("--workers", type=int, default=1, help="neighbour processes")
     p.add_argument("--after", type=float, default=3600.0, help="seconds between the build and the later validation")
+    p.add_argument("--again", default=None, metavar="LABEL",
+                   help="after the later validations, validate the tables once more under this label (e.g. 3h)")
+    p.add_argument("--again-kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    p.add_argument("--again-loads", nargs="+", choices=LOADS, default=list(LOADS))
     p.add_argument("--work", default="runs/bench/table_drift", help="tables and the resumable state file")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"))
     p.add_argument("--note", default="")

@@ -378,6 +378,20 @@ def test_validation_uses_fresh_archs_and_is_stored(space, profile, tmp_path):
     assert reloaded.validation == result and "validated on 30 fresh subnets" in reloaded.summary()
 
 
+def test_retest_tau_ranks_one_half_of_the_trials_against_the_other():
+    from edgenas.hardware.measure import LatencyStats
+    from edgenas.hardware.table.validate import retest_tau
+
+    def stats(*trials):
+        return LatencyStats.from_samples(list(trials), trials)
+
+    steady = [stats(m, m * 1.01, m * 0.99, m) for m in (1.0, 2.0, 3.0, 4.0)]  # trials agree on the order
+    assert retest_tau(steady) == pytest.approx(1.0)
+    swapped = [stats(1.0, 4.0), stats(2.0, 3.0), stats(3.0, 2.0), stats(4.0, 1.0)]  # the halves disagree
+    assert retest_tau(swapped) == pytest.approx(-1.0)
+    assert retest_tau([stats(1.0), stats(2.0)]) is None  # one trial each: nothing to compare
+
+
 def test_real_validation_runs(built, space):
     table = LatencyTable.from_json(built.to_json())
     result = validate_table(table, space, n=3)

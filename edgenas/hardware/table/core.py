@@ -164,6 +164,7 @@ class TableValidation:
     raw_measured_ms: list[float] | None = None
     raw_median_rel_error: float | None = None
     raw_kendall_tau: float | None = None
+    retest_kendall_tau: float | None = None
 
     def summary(self) -> str:
         """One line a search prints next to every latency figure it shows."""

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.errors import ConfigError, EdgenasError
-from edgenas.hardware.calibration import error_figures
+from edgenas.hardware.calibration import error_figures, kendall_tau
 from edgenas.hardware.profile import Profile
 from edgenas.hardware.table.build import measurer_for
 from edgenas.hardware.table.core import LatencyTable, TableValidation
@@ -46,6 +46,18 @@ def _trial_noise(stats: Sequence[Any]) -> float:
     spreads = [float(np.std(s.trial_medians_ms, ddof=1)) / s.median_ms
                for s in stats if len(s.trial_medians_ms) > 1 and s.median_ms > 0]
     return float(np.median(spreads)) if spreads else 0.0
+
+
+def retest_tau(stats: Sequence[Any]) -> float | None:
+    """Kendall tau between two halves of the same measurement (per model, the median of its even-numbered
+    trials against that of its odd-numbered ones): how well one measurement of these subnets ranks them
+    against another. No predictor can be expected to rank a noisy measurement better, so it is the scale
+    a table's (and the MAC count's) Kendall tau is read on. ``None`` with fewer than 2 trials per model."""
+    if any(len(s.trial_medians_ms) < 2 for s in stats) or len(stats) < 2:
+        return None
+    first = [float(np.median(s.trial_medians_ms[0::2])) for s in stats]
+    second = [float(np.median(s.trial_medians_ms[1::2])) for s in stats]
+    return float(kendall_tau(first, second))
 
 
 def measure_in_table_units(table: LatencyTable, space: SearchSpace, meter: Any, models: Sequence[Any],
@@ -100,6 +112,7 @@ def validate_table(table: LatencyTable, space: SearchSpace, profile: Profile | N
         raw_measured_ms=[s.value(table.statistic) for s in timing.raw] if timing is not None else None,
         raw_median_rel_error=raw.median_rel_error if raw is not None else None,
         raw_kendall_tau=raw.kendall_tau if raw is not None else None,
+        retest_kendall_tau=retest_tau(stats),
     )
     if plot_path is not None:
         result.plot = str(plot_validation(result, plot_path, title=table.summary().split(":")[0]))
