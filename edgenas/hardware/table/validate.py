@@ -51,8 +51,10 @@ def _trial_noise(stats: Sequence[Any]) -> float:
 def retest_tau(stats: Sequence[Any]) -> float | None:
     """Kendall tau between two halves of the same measurement (per model, the median of its even-numbered
     trials against that of its odd-numbered ones): how well one measurement of these subnets ranks them
-    against another. No predictor can be expected to rank a noisy measurement better, so it is the scale
-    a table's (and the MAC count's) Kendall tau is read on. ``None`` with fewer than 2 trials per model."""
+    against another: the scale a table's (and the MAC count's) Kendall tau is read on. Each half holds
+    fewer trials than the whole measurement the table is compared with, so a near-perfect predictor can
+    score somewhat above it; a table far below it ranks worse than re-measuring would. ``None`` with
+    fewer than 2 trials per model."""
     if any(len(s.trial_medians_ms) < 2 for s in stats) or len(stats) < 2:
         return None
     first = [float(np.median(s.trial_medians_ms[0::2])) for s in stats]
