@@ -80,6 +80,7 @@ def _lazy(module: str, attribute: str) -> Callable[[FormatContext], FormatResult
 
 def _builtins(registry: Registry[Callable[[FormatContext], FormatResult]]) -> None:
     registry.register("openvino", _lazy("edgenas.bundle_openvino", "openvino_format"))
+    registry.register("executorch", _lazy("edgenas.bundle_executorch", "executorch_format"))
 
 
 FORMATS: Registry[Callable[[FormatContext], FormatResult]] = Registry("bundle format", ConfigError, _builtins)

@@ -6,9 +6,12 @@ on its own; statistics pool all samples and keep the per-trial medians and the r
 differs per runtime is only how a model is made ready (:meth:`LatencyMeasurer._prepare`) and how a
 single run is timed:
 
-* :class:`OrtMeasurer` exports the module to ONNX in memory (TorchScript exporter), optionally
-  quantizes it to int8, and runs it in an ``InferenceSession`` built from the profile (graph
-  optimisation level, intra/inter-op threads, sequential execution, one execution provider).
+* :class:`OnnxModelMeasurer` is the part every ONNX-running runtime shares: modules are exported to
+  ONNX in memory (TorchScript exporter) and ONNX files read and fed, an int8 profile quantizes an fp32
+  model with the one quantizer first; a subclass only turns ONNX bytes and inputs into a runner.
+* :class:`OrtMeasurer` runs them in an ``InferenceSession`` built from the profile (graph
+  optimisation level, intra/inter-op threads, sequential execution, one execution provider);
+  ``edgenas.hardware.openvino_runtime`` compiles them with OpenVINO.
 * :class:`TorchCpuMeasurer` runs the module eagerly under ``torch.inference_mode`` with
   ``torch.set_num_threads(profile.threads)`` and channels-last tensors.
 * :class:`TorchCudaMeasurer` times each run with CUDA events and waits for it to finish, so a
@@ -47,6 +50,7 @@ __all__ = [
     "RUNTIMES",
     "LatencyMeasurer",
     "LatencyStats",
+    "OnnxModelMeasurer",
     "OrtMeasurer",
     "TorchCpuMeasurer",
     "TorchCudaMeasurer",
@@ -298,23 +302,13 @@ class LatencyMeasurer(ABC):
             )
 
 
-class OrtMeasurer(LatencyMeasurer):
-    """ONNX Runtime with the profile's execution provider; modules are exported to ONNX in memory."""
+class OnnxModelMeasurer(LatencyMeasurer):
+    """A runtime that runs ONNX models: modules are exported to ONNX in memory, ONNX files are read and fed.
 
-    def __init__(self, profile: Profile) -> None:
-        super().__init__(profile)
-        self._check_profile("onnxruntime")
-        import onnxruntime as ort
-
-        available = ort.get_available_providers()
-        if profile.provider not in available:
-            hint = ""
-            if profile.device == "cuda":
-                hint = "; install the `gpu` extra (pip install 'edgenas[gpu]', which brings onnxruntime-gpu)"
-            raise EdgenasError(
-                f"profile '{profile.name}' needs onnxruntime's {profile.provider}, which onnxruntime "
-                f"{ort.__version__} here lacks (available: {', '.join(available)}){hint}"
-            )
+    Everything up to the runtime is shared, so every such runtime times the same graph with the same
+    inputs (and, for an int8 profile, the same quantized graph); a subclass implements only
+    :meth:`_runner`, which makes ONNX bytes and their inputs into a prepared :class:`_Runner`.
+    """
 
     def measure_module(self, model: nn.Module, input_shape: tuple[int, ...] | None = None) -> LatencyStats:
         return self.measure_many([model], [input_shape])[0]
@@ -371,6 +365,29 @@ class OrtMeasurer(LatencyMeasurer):
         x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float16 if dtype == torch.float16
                                                                            else np.float32)
         return self._runner(data, {"input": x})
+
+    @abstractmethod
+    def _runner(self, model: bytes, feeds: dict[str, np.ndarray]) -> _Runner:
+        """ONNX bytes made ready to run on ``feeds`` (graph input name -> array, allocated once)."""
+
+
+class OrtMeasurer(OnnxModelMeasurer):
+    """ONNX Runtime with the profile's execution provider; modules are exported to ONNX in memory."""
+
+    def __init__(self, profile: Profile) -> None:
+        super().__init__(profile)
+        self._check_profile("onnxruntime")
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if profile.provider not in available:
+            hint = ""
+            if profile.device == "cuda":
+                hint = "; install the `gpu` extra (pip install 'edgenas[gpu]', which brings onnxruntime-gpu)"
+            raise EdgenasError(
+                f"profile '{profile.name}' needs onnxruntime's {profile.provider}, which onnxruntime "
+                f"{ort.__version__} here lacks (available: {', '.join(available)}){hint}"
+            )
 
     def session(self, model: bytes) -> Any:
         """An ``InferenceSession`` configured from the profile (also used by export checks)."""
@@ -559,12 +576,20 @@ def _quantize_int8(model: bytes, shapes: dict[str, Sequence[int]]) -> bytes:
 
 
 def runtime_versions() -> dict[str, str]:
-    """Versions that change measured latency, recorded next to every measurement."""
+    """Versions that change measured latency, recorded next to every measurement; openvino's only where
+    it is installed (read from its package metadata, so recording it does not load the runtime)."""
+    from importlib import metadata
+
     import onnx
     import onnxruntime
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "onnx": onnx.__version__, "numpy": np.__version__}
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "numpy": np.__version__}
+    try:
+        versions["openvino"] = metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        pass
+    return versions
 
 
 def onnx_measurer(profile: Profile) -> Any:
@@ -591,8 +616,9 @@ def _lazy(module: str, attribute: str) -> Callable[[Profile], LatencyMeasurer]:
     return create
 
 
-_MODULE_ONLY_RUNTIMES = frozenset({"torch"})
+_MODULE_ONLY_RUNTIMES = frozenset({"torch", "executorch"})
 RUNTIMES.register("onnxruntime", _by_device("onnxruntime", {"cpu": OrtMeasurer, "cuda": OrtMeasurer}))
 RUNTIMES.register("torch", _by_device("torch", {"cpu": TorchCpuMeasurer, "cuda": TorchCudaMeasurer}))
 RUNTIMES.register("openvino", _lazy("edgenas.hardware.openvino_runtime", "create_openvino_measurer"))
 RUNTIMES.register("remote", _lazy("edgenas.hardware.remote", "create_remote_measurer"))
+RUNTIMES.register("executorch", _lazy("edgenas.hardware.executorch_runtime", "create_executorch_measurer"))

@@ -4,7 +4,7 @@ A profile is one YAML file in ``hardware_profiles/`` named after the profile (``
 ``name: cpu-ort``); users add a device by copying a file and editing it. Files are validated on load
 with the same strict rules as every config (unknown keys, wrong types and missing fields are one-line
 errors naming the key and the file), plus the semantic rules below (an ONNX Runtime profile names
-its execution provider, int8 needs ONNX Runtime, fp16 needs CUDA, ...), because a profile that loads
+its execution provider, int8 needs ONNX Runtime or OpenVINO, fp16 needs CUDA, ...), because a profile that loads
 but cannot be measured would only fail minutes later inside a latency-table build.
 
 :meth:`Profile.latency_hash` covers exactly the fields that change a measured latency, so a latency
@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,12 +27,14 @@ from typing import Any, Literal
 from edgenas.config import from_mapping, load_yaml, short, to_mapping
 from edgenas.errors import ConfigError
 
-__all__ = ["Budgets", "MeasureSettings", "Profile", "list_profiles", "load_profile", "profile_dirs"]
+__all__ = ["Budgets", "MeasureSettings", "Profile", "RemoteSettings", "list_profiles", "load_profile", "profile_dirs"]
 
 ENV_PROFILES = "EDGENAS_PROFILES"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Execution providers that only run on an NVIDIA GPU: a profile naming one must say device: cuda.
 _CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# Runtimes that time an int8 profile's models: both run the QDQ graph edgenas.quantize writes.
+_INT8_RUNTIMES = ("onnxruntime", "openvino")
 # Opsets torch's TorchScript ONNX exporter can write (edgenas exports with it; see measure.py).
 _MIN_OPSET, _MAX_OPSET = 11, 20
 
@@ -76,6 +79,56 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class RemoteSettings:
+    """How to reach a board's device agent (``edgenas agent serve``, :mod:`edgenas.hardware.remote`)
+    and what the agent runs the models with (``runtime: remote`` profiles only).
+
+    The token is never written in a profile: ``token_env`` names the environment variable that holds
+    it, here as on the board. ``url``, ``token_env``, ``timeout_s``, ``retries`` and
+    ``max_models_per_request`` say how the board is reached, not what it is, so they stay out of the
+    latency hash (an agent moved to another port or behind an ssh tunnel still has the same tables);
+    ``runtime`` and ``provider`` change what is timed and are in it. ``timeout_s`` bounds one request
+    (a whole interleaved measurement, or one part of it when it is split); ``max_models_per_request``
+    splits large measurements into parts that a killed agent loses one at a time (``None``: as many as
+    the agent takes, so all models are interleaved).
+    """
+
+    url: str
+    token_env: str = "EDGENAS_AGENT_TOKEN"
+    runtime: Literal["onnxruntime"] = "onnxruntime"
+    provider: str = "CPUExecutionProvider"
+    timeout_s: float = 900.0
+    retries: int = 3
+    max_models_per_request: int | None = None
+
+    def __post_init__(self) -> None:
+        parts = urllib.parse.urlsplit(self.url)
+        _check(parts.username is None and parts.password is None,
+               f"'url' must not hold credentials: the agent's token is read from ${self.token_env} ('token_env')")
+        _check(parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment,
+               f"'url' must be the agent's http://HOST:PORT (`edgenas agent serve` prints it), not {short(self.url)}")
+        try:
+            parts.port  # noqa: B018  (parsing the port is the check)
+        except ValueError:
+            _check(False, f"'url' has an invalid port: {short(self.url)}")
+        _check(bool(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.token_env)),
+               f"'token_env' must be an environment variable name, not {short(self.token_env)}")
+        _check(self.runtime == "onnxruntime", f"'runtime' must be onnxruntime (what the agent runs), "
+                                              f"not {short(self.runtime)}")
+        _check(self.provider.endswith("ExecutionProvider"),
+               f"'provider' must name an onnxruntime execution provider such as CPUExecutionProvider, "
+               f"not {short(self.provider)}")
+        _check(self.timeout_s > 0, f"'timeout_s' must be positive, not {self.timeout_s}")
+        _check(self.retries >= 0, f"'retries' must be >= 0, not {self.retries}")
+        _check(self.max_models_per_request is None or self.max_models_per_request >= 1,
+               f"'max_models_per_request' must be >= 1 (or left out), not {self.max_models_per_request}")
+
+    def latency_fields(self) -> dict[str, str]:
+        """The part of the block that changes a measured latency (see the class docstring)."""
+        return {"runtime": self.runtime, "provider": self.provider}
+
+
+@dataclass(frozen=True)
 class Profile:
     """One measurement target: device, runtime and its settings, input shape, protocol, budgets."""
 
@@ -94,6 +147,7 @@ class Profile:
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     budgets: Budgets = field(default_factory=Budgets)
     source: str | None = None
+    remote: RemoteSettings | None = None  # runtime remote: the board's device agent
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
@@ -113,6 +167,9 @@ class Profile:
         _check(self.batch_size >= 1, f"'batch_size' must be >= 1, not {self.batch_size}")
         _check(_MIN_OPSET <= self.opset <= _MAX_OPSET,
                f"'opset' must be between {_MIN_OPSET} and {_MAX_OPSET}, not {self.opset}")
+        _check(self.runtime != "remote" or self.provider is None,
+               "'provider' of a remote profile goes in its 'remote' block (the agent's onnxruntime execution "
+               f"provider: remote: {{url: ..., provider: {self.provider}}})")
         if self.runtime == "onnxruntime":
             _check(self.provider is not None,
                    "'provider' is required for runtime onnxruntime (e.g. CPUExecutionProvider)")
@@ -128,12 +185,27 @@ class Profile:
             _check(self.provider is None,
                    f"'provider' must be left out for runtime {self.runtime} (it is an onnxruntime setting), "
                    f"not {short(self.provider)}")
-        _check(self.precision != "int8" or self.runtime == "onnxruntime",
-               "'precision' int8 needs runtime onnxruntime (models are quantized with onnxruntime.quantization)")
+        _check(self.precision != "int8" or self.runtime in _INT8_RUNTIMES,
+               f"'precision' int8 needs runtime {' or '.join(_INT8_RUNTIMES)} (they run the QDQ graph of "
+               f"onnxruntime.quantization), not {self.runtime}")
+        _check(self.runtime != "openvino" or self.device == "cpu",
+               f"runtime openvino measures on device cpu (its CPU plugin), not {self.device}")
+        _check(self.runtime != "executorch" or self.device == "cpu",
+               f"runtime executorch measures on device cpu (XNNPACK), not {self.device}")
         _check(self.precision != "int8" or self.opset >= 13,
                f"'precision' int8 needs 'opset' >= 13 (per-channel QDQ), not {self.opset}")
         _check(self.precision != "fp16" or self.device == "cuda",
                "'precision' fp16 needs device cuda (half precision is not fast on CPU runtimes)")
+        # runtime remote: the `remote` block is required with it and meaningless without it
+        _check(self.runtime != "remote" or self.remote is not None,
+               "runtime remote needs a 'remote' block with the agent's url (remote: {url: 'http://127.0.0.1:8765'})")
+        _check(self.remote is None or self.runtime == "remote",
+               f"'remote' (the device agent's block) is for runtime remote only, not {self.runtime}")
+        if self.remote is not None and self.remote.provider in _CUDA_PROVIDERS:
+            _check(self.device == "cuda", f"'remote.provider' {self.remote.provider} needs device cuda, "
+                                          f"not {self.device}")
+        if self.remote is not None and self.remote.provider == "CPUExecutionProvider":
+            _check(self.device == "cpu", f"'remote.provider' CPUExecutionProvider needs device cpu, not {self.device}")
 
     def with_input_shape(self, shape: tuple[int, int, int] | list[int]) -> Profile:
         """The same target at another input size (the ``--input-shape`` override); re-validated."""
@@ -157,11 +229,17 @@ class Profile:
         """
         keys = ("device", "runtime", "provider", "threads", "inter_op_threads", "batch_size", "input_shape",
                 "precision", "graph_optimization", "opset")
-        blob = json.dumps({k: _plain(getattr(self, k)) for k in keys}, sort_keys=True)
+        values = {k: _plain(getattr(self, k)) for k in keys}
+        if self.remote is not None:  # what the board runs; where it is reached (url, token) is not the target
+            values["remote"] = self.remote.latency_fields()
+        blob = json.dumps(values, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_json(self) -> dict[str, Any]:
-        return to_mapping(self)
+        data = to_mapping(self)
+        if self.remote is None:  # profiles without an agent keep the JSON they always had
+            del data["remote"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str = "profile") -> Profile:
