@@ -8,7 +8,7 @@ stdout stays machine-readable. The commands are grouped by stage in the modules 
 
 from __future__ import annotations
 
-from edgenas.cli import deploy, inspect, profile, run, search, train  # noqa: F401  (they register the commands)
+from edgenas.cli import agent, deploy, inspect, profile, run, search, train  # noqa: F401  (they register the commands)
 from edgenas.cli._app import cli
 
 __all__ = ["cli", "main"]

@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from edgenas.errors import EdgenasError
 from edgenas.hardware.profile import Profile
 from edgenas.hardware.table.core import LatencyTable
 
@@ -37,6 +38,10 @@ def environment_of(profile: Profile) -> dict[str, Any]:
 
     Deliberately without a hostname: tables are shared between identical machines.
     """
+    if profile.runtime == "remote":  # timed on the board behind the agent: its facts, not this machine's
+        from edgenas.hardware.remote import remote_environment
+
+        return remote_environment(profile)
     from edgenas.hardware.measure import runtime_versions
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -72,7 +77,10 @@ def environment_warnings(table: LatencyTable, profile: Profile | None = None) ->
     These are warnings, not errors: a table from a sibling machine is often good enough, but the
     user must know its numbers were not measured here.
     """
-    here = environment_of(profile if profile is not None else table.profile_object())
+    try:
+        here = environment_of(profile if profile is not None else table.profile_object())
+    except EdgenasError as exc:  # a remote profile's agent is unreachable: say so, do not fail a show or search
+        return [f"cannot compare where the latency table was measured with its target now: {exc}"]
     there = table.environment
     out = []
     for key, label in _ENV_CHECKED:
