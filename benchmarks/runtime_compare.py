@@ -324,8 +324,9 @@ def table_rows(args: argparse.Namespace) -> tuple[list[str], list[dict[str, Any]
             f"{r['within_10pct']:.0%} | {r['kendall_tau']:.3f}{retest} | {r['mean_signed_rel_error']:+.2%} | "
             f"{r['noise_rel']:.1%} | {'met' if met else 'missed'} |")
     lines += ["", "_noise_: median relative std of the validation subnets' per-trial medians (how much "
-              "re-measuring moves a subnet); _re-measured_: Kendall tau of the validation subnets' trials "
-              "against each other, the ceiling any table can reach on this host. Build and validate: wall time "
+              "re-measuring moves a subnet); _re-measured_: Kendall tau between two halves of the same "
+              "validation measurement (even against odd trials), the scale a table's tau is read on (each half has "
+              "fewer trials, so a good table can score above it). Build and validate: wall time "
               "of each CLI command, including Python start-up; load: the 1-minute load average before the build and "
               "after the validation."]
     return lines, rows
