@@ -338,6 +338,10 @@ def test_environment_warning_when_cpu_differs(built):
     warnings = environment_warnings(other)
     assert any("CPU 'Imaginary CPU 9000'" in w for w in warnings)
     assert any("onnxruntime 0.1" in w for w in warnings)
+    older = LatencyTable.from_json(built.to_json())  # built before another runtime was installed here
+    older.environment["runtime_versions"] = {k: v for k, v in older.environment["runtime_versions"].items()
+                                             if k != "onnx"}
+    assert environment_warnings(older) == []
 
 
 def test_infeasible_budget_reports_the_floor(built, space):

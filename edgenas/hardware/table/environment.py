@@ -88,7 +88,7 @@ def environment_warnings(table: LatencyTable, profile: Profile | None = None) ->
             out.append(f"latency table measured with {label} {there[key]!r}, here {here[key]!r}: "
                        "its latencies may not hold on this machine")
     theirs, ours = there.get("runtime_versions") or {}, here["runtime_versions"]
-    for name in sorted(set(theirs) | set(ours)):
+    for name in sorted(set(theirs) & set(ours)):  # a runtime installed (or removed) since is not a change
         if theirs.get(name) != ours.get(name):
             out.append(f"latency table measured with {name} {theirs.get(name)}, here {ours.get(name)}: "
                        "its latencies may not hold with this version")
