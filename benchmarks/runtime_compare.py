@@ -183,7 +183,7 @@ def openvino_time_shares(bundle: Path, manifest: dict[str, Any], threads: int) -
 
 
 def measure_round(bundle: Path, manifest: dict[str, Any], subnet: torch.nn.Module | None,
-                  args: argparse.Namespace) -> dict[str, float]:
+                  args: argparse.Namespace, pte: bytes | None = None) -> dict[str, float]:
     """One interleaved protocol over every runner, prepared afresh; medians in ms by label."""
     _, c, h, w = manifest["input"]["shape"]
     ort_p = load_profile(args.ort_profile, input_shape=(c, h, w))
@@ -200,6 +200,11 @@ def measure_round(bundle: Path, manifest: dict[str, Any], subnet: torch.nn.Modul
     torch_m = TorchCpuMeasurer(torch_p)
     if subnet is not None:
         runners["torch eager"] = torch_m._prepare(subnet, shape)
+    if pte is not None:  # the same network lowered once to ExecuTorch + XNNPACK (the mobile runtime)
+        from edgenas.hardware.executorch_runtime import ExecuTorchMeasurer
+
+        et_p = load_profile(args.executorch_profile, input_shape=(c, h, w))
+        runners["ExecuTorch XNNPACK"] = ExecuTorchMeasurer(et_p).pte_runner(pte, label="model.pte")
     with torch_m._scope():  # torch's thread count for the eager runner; the other runtimes set their own
         stats = ort_m._measure_runners(list(runners.values()))
     return {label: s.median_ms for label, s in zip(runners, stats)}
@@ -210,9 +215,16 @@ def bundle_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]
     manifest = read_manifest(bundle)
     subnet, torch_note = _torch_subnet(manifest, args.torch_from_arch)
     _say(torch_note)
+    pte = None
+    if args.executorch and subnet is not None:
+        from edgenas.hardware.executorch_runtime import lower_module
+
+        _, c, h, w = manifest["input"]["shape"]
+        _say("lowering the torch subnet to ExecuTorch + XNNPACK (once)")
+        pte = lower_module(subnet, (1, c, h, w)).pte
     rounds = []
     for r in range(args.rounds):
-        row = measure_round(bundle, manifest, subnet, args)
+        row = measure_round(bundle, manifest, subnet, args, pte)
         rounds.append(row)
         _say(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.4f} ms" for k, v in row.items()))
     labels = list(rounds[0])
@@ -235,9 +247,12 @@ def bundle_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]
         "|---|---|---:|---:|---:|---:|",
     ]
     for k in labels:
-        file = "the torch subnet" if k == "torch eager" else f"`{MODEL_FILE if k.endswith('fp32') else INT8_FILE}`"
+        file = ("the torch subnet" if k == "torch eager" else "`model.pte` (the torch subnet, lowered)"
+                if k.startswith("ExecuTorch") else f"`{MODEL_FILE if k.endswith('fp32') else INT8_FILE}`")
         a = acc.get(k)
-        if a is None:  # torch: the export's figures, on the same test split
+        if k.startswith("ExecuTorch"):  # lowered from the torch subnet: its accuracy is the export's format check
+            acc_text = "see `export --format executorch` | -"
+        elif a is None:  # torch: the export's figures, on the same test split
             t, par = manifest["accuracy"]["torch"], manifest["parity"]
             acc_text = f"{t['accuracy']:.2%} (manifest) | {par['top1_agreement']:.2%} of {par['count']} (manifest)"
         else:
@@ -341,6 +356,10 @@ def main() -> None:
     p.add_argument("--torch-from-arch", action="store_true",
                    help="time torch eager on the manifest's architecture with fresh weights when the source "
                         "checkpoint is gone or holds another architecture (default: leave torch out)")
+    p.add_argument("--executorch", action="store_true",
+                   help="also time the torch subnet lowered to ExecuTorch + XNNPACK (needs the executorch extra and "
+                        "the torch subnet: its checkpoint or --torch-from-arch)")
+    p.add_argument("--executorch-profile", default="cpu-executorch")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--tables", action="store_true", help="also build and validate a latency table per profile")
     p.add_argument("--table-profiles", nargs="+", default=list(TABLE_PROFILES))

@@ -17,10 +17,6 @@ from edgenas.cli._app import (
 )
 from edgenas.errors import ConfigError, EdgenasError
 
-# Below this retest tau (one half of the validation trials ranking the subnets against the other) the
-# host is too noisy for a validation to say anything about the table (docs/BENCHMARKS.md, table_drift).
-_NOISY_RETEST_TAU = 0.5
-
 
 @cli.group()
 def profile() -> None:
@@ -137,10 +133,6 @@ def profile_validate(table_path: str, count: int, seed: int, plot: str | None, a
     retest = (f" (a re-measurement ranks them at {result.retest_kendall_tau:.3f})"
               if result.retest_kendall_tau is not None else "")
     click.echo(f"Kendall tau           {result.kendall_tau:.3f}{retest}")
-    if result.retest_kendall_tau is not None and result.retest_kendall_tau < _NOISY_RETEST_TAU:
-        click.echo(f"warning: re-measuring ranks these subnets only at Kendall tau {result.retest_kendall_tau:.2f}: "
-                   "this host was too noisy to judge the table; validate again when it is quieter, or with more "
-                   "--trials", err=True)
     click.echo(f"mean signed error     {result.mean_signed_rel_error:+.2%} (bias)")
     click.echo(f"measurement noise     {result.noise_rel:.1%} (relative std of trial medians)")
     click.echo(f"end to end: {result.seconds_per_candidate:.2f} s per candidate; table: "
