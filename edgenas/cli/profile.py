@@ -166,7 +166,8 @@ def profile_measure(model: str, profile_name: str, input_shape: str | None, as_j
         click.echo(json.dumps({"model": model, "profile": p.name, **data}, indent=2))
         return
     m = p.measure
-    click.echo(f"{model} on {p.name} ({p.runtime}, {p.provider}, {p.threads} thread(s), batch {p.batch_size}, "
+    runtime = f"{p.runtime}, {p.provider}" if p.provider else p.runtime
+    click.echo(f"{model} on {p.name} ({runtime}, {p.threads} thread(s), batch {p.batch_size}, "
                f"{p.precision}): {m.trials} trials x {m.repeats} runs after {m.warmup} warm-up")
     click.echo(f"median {stats.median_ms:.4f} ms  p10 {stats.p10_ms:.4f}  p90 {stats.p90_ms:.4f}  "
                f"IQR {stats.iqr_ms:.4f}  n={stats.n}")
