@@ -177,9 +177,7 @@ def verify_executorch(bundle_dir: str | Path, data: Any = None, limit: int | Non
 
     ``data`` is a :class:`~edgenas.data.DatasetSplits` (default: loaded from the manifest's data config).
     """
-    from edgenas.config import from_mapping
-    from edgenas.data import ArrayDataset, DataConfig, load_dataset
-    from edgenas.export import MODEL_FILE, _preprocess, read_manifest
+    from edgenas.export import MODEL_FILE, _preprocess, manifest_test_images, read_manifest
 
     bundle = Path(bundle_dir)
     manifest = read_manifest(bundle)
@@ -188,14 +186,7 @@ def verify_executorch(bundle_dir: str | Path, data: Any = None, limit: int | Non
     pte = _checked_pte(bundle, manifest)
     if not (bundle / MODEL_FILE).is_file():
         raise BundleError(f"{bundle} has no {MODEL_FILE}")
-    if data is None:
-        data = load_dataset(from_mapping(DataConfig, manifest["data"]["config"], where=f"{bundle}: data"))
-    test = data.test
-    if not isinstance(test, ArrayDataset):
-        raise BundleError(f"verify_executorch needs an in-memory dataset of uint8 images, not {type(test).__name__}")
-    images, labels = test.images.numpy(), test.labels.numpy()
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
+    images, labels = manifest_test_images(manifest, data, limit, "verify_executorch", f"{bundle}: data")
     if not len(labels):
         raise BundleError(f"no test images to verify {bundle} on")
     _, channels, height, width = manifest["input"]["shape"]

@@ -186,18 +186,9 @@ def _checked_files(bundle: Path, manifest: dict[str, Any]) -> dict[str, bytes]:
 
 def _test_batches(manifest: dict[str, Any], data: Any, limit: int | None) -> tuple[list[np.ndarray], np.ndarray]:
     """Raw uint8 test images preprocessed as the manifest says, in evaluation batches, and their labels."""
-    from edgenas.config import from_mapping
-    from edgenas.data import ArrayDataset, DataConfig, load_dataset
-    from edgenas.export import _preprocess
+    from edgenas.export import _preprocess, manifest_test_images
 
-    if data is None:
-        data = load_dataset(from_mapping(DataConfig, manifest["data"]["config"], where="bundle manifest: data"))
-    test = data.test
-    if not isinstance(test, ArrayDataset):
-        raise BundleError(f"verify_openvino needs an in-memory dataset of uint8 images, not {type(test).__name__}")
-    images, labels = test.images.numpy(), test.labels.numpy()
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
+    images, labels = manifest_test_images(manifest, data, limit, "verify_openvino", "bundle manifest: data")
     _, channels, height, width = manifest["input"]["shape"]
     if images.shape[1:] != (channels, height, width):
         raise BundleError(f"the test images are {'x'.join(map(str, images.shape[1:]))}, the model takes "

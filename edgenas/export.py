@@ -601,6 +601,24 @@ def _preprocess(images: np.ndarray, manifest: dict[str, Any]) -> np.ndarray:
     return (x - mean) / std
 
 
+def manifest_test_images(manifest: dict[str, Any], data: Any, limit: int | None, who: str, where: str
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """The raw uint8 test images and labels a bundle is verified on: ``data``'s test split (default: the
+    dataset the manifest names), the first ``limit`` of them; ``who`` names the verifier in errors."""
+    from edgenas.config import from_mapping
+    from edgenas.data import ArrayDataset, DataConfig, load_dataset
+
+    if data is None:
+        data = load_dataset(from_mapping(DataConfig, manifest["data"]["config"], where=where))
+    test = data.test
+    if not isinstance(test, ArrayDataset):
+        raise BundleError(f"{who} needs an in-memory dataset of uint8 images, not {type(test).__name__}")
+    images, labels = test.images.numpy(), test.labels.numpy()
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
 def verify_bundle(bundle_dir: str | Path, data: Any = None, limit: int | None = None,
                   file: str = MODEL_FILE) -> dict[str, Any]:
     """Test accuracy of a bundle's ONNX file run with onnxruntime and numpy alone, preprocessing raw uint8
@@ -609,22 +627,14 @@ def verify_bundle(bundle_dir: str | Path, data: Any = None, limit: int | None = 
     ``data`` is a :class:`~edgenas.data.DatasetSplits` (default: loaded from the manifest's data config);
     images are resized (through :class:`~edgenas.data.ArrayDataset`) only when they are not the model's size.
     """
-    from edgenas.config import from_mapping
-    from edgenas.data import ArrayDataset, DataConfig, load_dataset
-
     bundle = Path(bundle_dir)
     manifest = read_manifest(bundle)
     path = bundle / file
     if not path.is_file():
         raise BundleError(f"{bundle} has no {file}")
-    if data is None:
-        data = load_dataset(from_mapping(DataConfig, manifest["data"]["config"], where=f"{bundle}: data"))
-    test = data.test
-    if not isinstance(test, ArrayDataset):
-        raise BundleError(f"verify_bundle needs an in-memory dataset of uint8 images, not {type(test).__name__}")
-    images, labels = test.images.numpy(), test.labels.numpy()
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
+    from edgenas.data import ArrayDataset
+
+    images, labels = manifest_test_images(manifest, data, limit, "verify_bundle", f"{bundle}: data")
     _, channels, height, width = manifest["input"]["shape"]
     if images.shape[1] != channels:
         raise BundleError(f"the test images have {images.shape[1]} channels, the model takes {channels}")
